@@ -1,0 +1,230 @@
+"""Encoder and decoder networks: an MLP pair and a convolutional pair, for any H x W x C."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+from model.layers import PACKAGE
+
+
+def _stack(x, stack):
+    """Applies a list of layers in order."""
+    for layer in stack:
+        x = layer(x)
+    return x
+
+
+class _Network(keras.layers.Layer):
+    """A layer made of sublayers: `build` runs `call` once on a symbolic input, so that
+    every sublayer is built with its real input shape (needed to reload saved weights)."""
+
+    def build(self, input_shape):
+        self.call(keras.KerasTensor(input_shape))
+        self.built = True
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLPEncoder(_Network):
+    """q(z|x): flatten, dense hidden layers, then the two heads `z_mean` and `z_log_var`.
+
+    Args:
+        latent_dim: size of z.
+        hidden_units: widths of the hidden layers.
+        activation: hidden activation.
+
+    Example:
+        >>> z_mean, z_log_var = MLPEncoder(2, (64,))(images)  # (B, 2), (B, 2)
+    """
+
+    def __init__(self, latent_dim: int, hidden_units=(512, 256), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        # === Layers ===
+        self.flatten = layers.Flatten()
+        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units]
+        self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
+        self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
+
+    def call(self, images):
+        h = _stack(self.flatten(images), self.hidden)  # (B, units)
+        return self.mean_head(h), self.log_var_head(h)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.latent_dim), (input_shape[0], self.latent_dim)
+
+    # === Config ===
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "latent_dim": self.latent_dim,
+            "hidden_units": list(self.hidden_units),
+            "activation": self.activation,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MLPDecoder(_Network):
+    """p(x|z) parameters: dense hidden layers (mirrored), then one value per pixel.
+
+    Args:
+        image_shape: (H, W, C) of the output.
+        hidden_units: widths of the hidden layers, in encoder order (used reversed).
+        activation: hidden activation.
+    """
+
+    def __init__(self, image_shape, hidden_units=(512, 256), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.activation = activation
+        # === Layers ===
+        self.hidden = [layers.Dense(u, activation=activation) for u in reversed(self.hidden_units)]
+        self.out = layers.Dense(math.prod(self.image_shape), name="pixels")
+        self.reshape = layers.Reshape(self.image_shape)
+
+    def call(self, z):
+        h = _stack(z, self.hidden)  # (B, units)
+        return self.reshape(self.out(h))  # (B, H, W, C)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.image_shape)
+
+    # === Config ===
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_shape": list(self.image_shape),
+            "hidden_units": list(self.hidden_units),
+            "activation": self.activation,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvEncoder(_Network):
+    """q(z|x): stride-2 convolutions, an optional dense layer, then the two heads.
+
+    Args:
+        latent_dim: size of z.
+        conv_filters: filters per stride-2 convolution.
+        hidden_units: the first entry, if any, is the width of a dense layer after the
+            convolutions.
+        kernel_size: convolution kernel size.
+        activation: hidden activation.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        conv_filters=(32, 64),
+        hidden_units=(),
+        kernel_size=3,
+        activation="relu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+        self.conv_filters = tuple(int(f) for f in conv_filters)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.kernel_size = int(kernel_size)
+        self.activation = activation
+        # === Layers ===
+        self.convs = [
+            layers.Conv2D(f, self.kernel_size, strides=2, padding="same", activation=activation)
+            for f in self.conv_filters
+        ]
+        self.flatten = layers.Flatten()
+        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
+        self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
+        self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
+
+    def call(self, images):
+        h = _stack(images, self.convs)  # (B, H/2^n, W/2^n, F)
+        h = _stack(self.flatten(h), self.hidden)  # (B, units)
+        return self.mean_head(h), self.log_var_head(h)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.latent_dim), (input_shape[0], self.latent_dim)
+
+    # === Config ===
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "latent_dim": self.latent_dim,
+            "conv_filters": list(self.conv_filters),
+            "hidden_units": list(self.hidden_units),
+            "kernel_size": self.kernel_size,
+            "activation": self.activation,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvDecoder(_Network):
+    """p(x|z) parameters: dense to a small feature map, stride-2 transposed convolutions
+    (mirrored filters), a crop to H x W, then a convolution to C channels.
+
+    Args:
+        image_shape: (H, W, C) of the output.
+        conv_filters: filters in encoder order (used reversed).
+        hidden_units: the first entry, if any, is the width of a dense layer after z.
+        kernel_size: convolution kernel size.
+        activation: hidden activation.
+    """
+
+    def __init__(
+        self,
+        image_shape,
+        conv_filters=(32, 64),
+        hidden_units=(),
+        kernel_size=3,
+        activation="relu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.conv_filters = tuple(int(f) for f in conv_filters)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.kernel_size = int(kernel_size)
+        self.activation = activation
+        height, width, channels = self.image_shape
+        n = len(self.conv_filters)
+        self.base = (math.ceil(height / 2**n), math.ceil(width / 2**n), self.conv_filters[-1])
+        # === Layers ===
+        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
+        self.project = layers.Dense(math.prod(self.base), activation=activation)
+        self.reshape = layers.Reshape(self.base)
+        self.deconvs = [
+            layers.Conv2DTranspose(
+                f, self.kernel_size, strides=2, padding="same", activation=activation
+            )
+            for f in reversed(self.conv_filters)
+        ]
+        extra_h, extra_w = self.base[0] * 2**n - height, self.base[1] * 2**n - width
+        self.crop = layers.Cropping2D(
+            ((extra_h // 2, extra_h - extra_h // 2), (extra_w // 2, extra_w - extra_w // 2))
+        )
+        self.out = layers.Conv2D(channels, self.kernel_size, padding="same", name="pixels")
+
+    def call(self, z):
+        h = _stack(z, self.hidden)
+        h = self.reshape(self.project(h))  # (B, H/2^n, W/2^n, F)
+        h = _stack(h, self.deconvs)  # (B, >=H, >=W, F0)
+        return self.out(self.crop(h))  # (B, H, W, C)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.image_shape)
+
+    # === Config ===
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "image_shape": list(self.image_shape),
+            "conv_filters": list(self.conv_filters),
+            "hidden_units": list(self.hidden_units),
+            "kernel_size": self.kernel_size,
+            "activation": self.activation,
+        }

@@ -1,0 +1,1 @@
+"""Data, training, evaluation, distribution, tuning and batch jobs: everything with files or strategies."""

@@ -1,0 +1,225 @@
+"""tensorflow-datasets image datasets as tf.data pipelines, prepared offline where possible.
+
+`fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist` into the
+standard tfds dataset, with no network. Other datasets must already be prepared in the
+data directory, or be downloaded on request (`download=True`). No code path here waits
+on the network unless asked to.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from pipelines.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+# Local sources of standard tfds datasets: tfds name -> (folder, Debian package).
+LOCAL_SOURCES = {
+    "fashion_mnist": (Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist"),
+}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be found, prepared or used; the message says what to do."""
+
+
+def _local_files(name: str) -> Path | None:
+    source = LOCAL_SOURCES.get(name)
+    if source and all((source[0] / f"{f}.gz").is_file() for f in _IDX_FILES):
+        return source[0]
+    return None
+
+
+def _prepare_fashion_mnist_locally(folder: Path, data_dir: str | None) -> None:
+    """Prepares the standard tfds `fashion_mnist` from local gzipped IDX files.
+
+    The stock builder downloads and checksums the upstream archives; here its split
+    generator is handed the decompressed local files instead, so the result is the same
+    standard dataset (same name, version and examples) without a network.
+    """
+    from tensorflow_datasets.image_classification import mnist
+
+    scratch = Path(tempfile.mkdtemp(prefix="fashion_mnist_"))
+    try:
+        paths = {}
+        for name in _IDX_FILES:
+            with gzip.open(folder / f"{name}.gz", "rb") as src, open(scratch / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            paths[name] = str(scratch / name)
+
+        class _LocalFiles:
+            """Stands in for tfds' download manager: file names -> local paths."""
+
+            def download_and_extract(self, urls):
+                return {key: paths[url.rsplit("/", 1)[-1].removesuffix(".gz")] for key, url in urls.items()}
+
+        class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
+            name = "fashion_mnist"
+            code_path = None  # no checksums file to look up: nothing is downloaded
+
+            def _split_generators(self, dl_manager):
+                return super()._split_generators(_LocalFiles())
+
+        builder = LocalFashionMNIST(data_dir=data_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def get_builder(config: DataConfig):
+    """Returns a prepared tfds builder for `config.dataset`.
+
+    Raises:
+        DataError: unknown name, no `image` feature, or not prepared and no way to
+            prepare it offline (the message names the flag or package that fixes it).
+    """
+    name = config.dataset
+    try:
+        builder = tfds.builder(name, data_dir=config.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        hint = str(err).strip().splitlines()
+        raise DataError(
+            f"unknown dataset {name!r}: tensorflow-datasets has no builder of that name "
+            f"({hint[0] if hint else 'not found'}). Use a tfds image dataset such as "
+            f"'fashion_mnist' or 'mnist'."
+        ) from None
+    if "image" not in builder.info.features:
+        raise DataError(
+            f"dataset {name!r} has no 'image' feature (features: "
+            f"{sorted(builder.info.features.keys())}); the VAE needs an image dataset"
+        )
+    if builder.is_prepared():
+        return builder
+    local = _local_files(name)
+    if local is not None:
+        log.info("preparing %s from the local files in %s", name, local)
+        _prepare_fashion_mnist_locally(local, config.data_dir)
+        return tfds.builder(name, data_dir=config.data_dir)
+    if config.download:
+        log.info("downloading and preparing %s into %s", name, builder.data_dir)
+        builder.download_and_prepare()
+        return builder
+    where = builder.data_dir
+    advice = [f"pass --download to let tensorflow-datasets fetch it (needs network)",
+              f"or --data-dir pointing at a directory where it is prepared"]
+    if name in LOCAL_SOURCES:
+        folder, package = LOCAL_SOURCES[name]
+        advice.insert(0, f"install the Debian package {package} (apt-get install {package}, "
+                         f"which puts its files in {folder})")
+    raise DataError(f"dataset {name!r} is not prepared in {where}; " + ", ".join(advice))
+
+
+def image_shape(builder, config: DataConfig) -> tuple[int, int, int]:
+    """The (H, W, C) the model sees: the dataset's, or `config.image_size` with its C."""
+    height, width, channels = builder.info.features["image"].shape
+    if config.image_size is not None:
+        height, width = config.image_size
+    if height is None or width is None or channels is None:
+        raise DataError(
+            f"dataset {config.dataset!r} has images of varying size "
+            f"{builder.info.features['image'].shape}; set data.image_size=[H,W] to resize them"
+        )
+    return int(height), int(width), int(channels)
+
+
+def num_examples(builder, split: str) -> int:
+    """The number of examples of a tfds split expression such as `train[:10%]`."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError) as err:
+        raise DataError(
+            f"split {split!r} is not in dataset {builder.info.name!r} "
+            f"(splits: {sorted(builder.info.splits.keys())}): {err}"
+        ) from None
+
+
+def _decode(config: DataConfig, shape):
+    def decode(example):
+        image = example["image"]
+        if config.image_size is not None:
+            image = tf.cast(tf.image.resize(image, shape[:2]), tf.uint8)
+        label = example.get("label", tf.constant(-1, tf.int64))
+        return image, tf.cast(label, tf.int64)
+
+    return decode
+
+
+def _to_float(images):
+    return tf.cast(images, tf.float32) / 255.0
+
+
+def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
+                     seed: int, repeat: bool = False) -> tf.data.Dataset:
+    """Shuffled batches of (images in [0, 1], labels) for training.
+
+    With `binarize`, each batch is a fresh Bernoulli draw of the intensities, so an image
+    is binarised anew every time it is seen (dynamic binarisation).
+    """
+    shape = image_shape(builder, config)
+    num_examples(builder, split)
+    ds = builder.as_dataset(split=split, shuffle_files=True,
+                            read_config=tfds.ReadConfig(shuffle_seed=seed))
+    ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE)
+    if config.cache:
+        ds = ds.cache()
+    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=repeat, num_parallel_calls=tf.data.AUTOTUNE)
+
+    # One random int64 per batch keys a stateless draw. `Dataset.random` gives a new
+    # sequence on each pass, so every epoch sees fresh binarisations (a stateful
+    # `tf.random.uniform` in `map` would repeat the first epoch's draws).
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def prepare(batch, key):
+        images, labels = batch
+        x = _to_float(images)
+        if binarize:
+            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([key, tf.constant(seed, tf.int64)]))
+            x = tf.cast(noise < x, tf.float32)
+        return x, labels
+
+    ds = tf.data.Dataset.zip(ds, keys)
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
+                       seed: int, limit: int | None = None) -> tf.data.Dataset:
+    """Batches of (images, labels) in a fixed order; binarised once, the same way on
+    every call (a stateless draw keyed by the seed and the example's index)."""
+    shape = image_shape(builder, config)
+    num_examples(builder, split)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if limit is not None:
+        ds = ds.take(limit)
+    ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def prepare(index, example):
+        image, label = example
+        x = _to_float(image)
+        if binarize:
+            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([tf.cast(seed, tf.int64), index]))
+            x = tf.cast(noise < x, tf.float32)
+        return x, label
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.cache:
+        ds = ds.cache()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,247 @@
+"""Server-side batching: concurrent requests for the same signature run as one call.
+
+Semantics follow TF Serving's `BatchingParameters`: a batch runs when it holds
+`max_batch_size` rows or when its oldest request has waited `batch_timeout_micros` (0: as
+soon as a batch thread is free, so batches form from the requests that arrived while the
+previous batch ran); past `max_enqueued_batches` full batches of queued rows, new requests
+get UNAVAILABLE. Row signatures are concatenated along axis 0; `generate` requests run
+together through the export's `generate_batch` signature, which draws the same latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from serving import contract as C
+from serving.servable import Prepared, RequestError, Servable
+
+log = logging.getLogger(__name__)
+_FIELD = re.compile(r"(\w+)\s*(?::\s*(-?\w+)|\{\s*value\s*:\s*(-?\w+)\s*\})")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingOptions:
+    """TF Serving's batching knobs (the ones that apply here).
+
+    Args:
+        max_batch_size: rows per batch, across requests (at most the contract's MAX_BATCH).
+        batch_timeout_micros: how long the oldest request may wait for a fuller batch.
+        max_enqueued_batches: queue limit, in batches of max_batch_size rows.
+        num_batch_threads: batches that run at the same time, per signature.
+    """
+
+    max_batch_size: int = 256
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 64
+    num_batch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch_size <= C.MAX_BATCH:
+            raise ValueError(f"max_batch_size must be within [1, {C.MAX_BATCH}], got {self.max_batch_size}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError(f"batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
+        if self.max_enqueued_batches < 1 or self.num_batch_threads < 1:
+            raise ValueError("max_enqueued_batches and num_batch_threads must be >= 1")
+
+    @classmethod
+    def from_text(cls, text: str) -> BatchingOptions:
+        """Parses a `BatchingParameters` text proto (`max_batch_size { value: 32 }`)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, int] = {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            for name, plain, wrapped in _FIELD.findall(line):
+                if name in known:
+                    values[name] = int(plain or wrapped)
+                else:
+                    log.warning("batching parameter %s is not used by the local server", name)
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BatchingOptions:
+        return cls.from_text(Path(path).read_text())
+
+
+@dataclasses.dataclass(eq=False)
+class _Task:
+    servable: Servable
+    prepared: Prepared
+    is_active: Callable[[], bool]
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: dict[str, np.ndarray] | None = None
+    error: RequestError | None = None
+
+
+class _Queue:
+    """One signature kind's queue and its batch threads."""
+
+    def __init__(self, name: str, options: BatchingOptions, run: Callable[[list[_Task]], None]):
+        self.name = name
+        self.options = options
+        self._run = run
+        self._tasks: deque[_Task] = deque()
+        self._rows = 0
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batch-{name}-{i}", daemon=True)
+            for i in range(options.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: _Task) -> None:
+        limit = self.options.max_enqueued_batches * self.options.max_batch_size
+        with self._cond:
+            if self._stopped:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            if self._rows + task.prepared.rows > limit and self._tasks:
+                raise RequestError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "The batch scheduling queue to which this task was submitted is full",
+                )
+            self._tasks.append(task)
+            self._rows += task.prepared.rows
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _pick(self) -> tuple[list[_Task], int]:
+        first = self._tasks[0]
+        batch, rows = [first], first.prepared.rows
+        for task in list(self._tasks)[1:]:
+            if task.servable is first.servable and rows + task.prepared.rows <= self.options.max_batch_size:
+                batch.append(task)
+                rows += task.prepared.rows
+        return batch, rows
+
+    def _next_batch(self) -> list[_Task] | None:
+        timeout = self.options.batch_timeout_micros / 1e6
+        with self._cond:
+            while not self._tasks:
+                if self._stopped:
+                    return None
+                self._cond.wait()
+            while True:
+                batch, rows = self._pick()
+                remaining = batch[0].enqueued + timeout - time.monotonic()
+                if rows >= self.options.max_batch_size or remaining <= 0 or self._stopped:
+                    break
+                self._cond.wait(remaining)
+            for task in batch:
+                self._tasks.remove(task)
+            self._rows -= rows
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [t for t in batch if t.is_active()]
+            for task in batch:
+                if task not in live:
+                    task.error = RequestError(grpc.StatusCode.CANCELLED, "request ended while queued")
+            try:
+                if live:
+                    self._run(live)
+            except RequestError as err:
+                for task in live:
+                    task.error = err
+            except Exception as err:  # never leave a caller waiting
+                log.exception("batch of %s failed", self.name)
+                for task in live:
+                    task.error = RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {err}")
+            for task in batch:
+                task.done.set()
+
+
+class BatchScheduler:
+    """Routes prepared requests to per-signature queues; `None` from `submit` means "run it yourself".
+
+    Args:
+        options: the batching knobs.
+    """
+
+    def __init__(self, options: BatchingOptions):
+        self.options = options
+        self._queues = {
+            key: _Queue(key, options, run)
+            for key, run in [(k, self._run_rows) for k in C.ROW_SIGNATURES] + [(C.GENERATE, self._run_generate)]
+        }
+
+    @staticmethod
+    def batch_key(servable: Servable, prepared: Prepared) -> str | None:
+        """The queue a request can share, or None when it must run alone."""
+        name = prepared.signature.name
+        if name in C.ROW_SIGNATURES:
+            return name
+        is_generate = name in (C.GENERATE, C.DEFAULT_SIGNATURE) and np.ndim(prepared.inputs.get(C.NUM_SAMPLES)) == 0
+        if is_generate and C.NUM_SAMPLES in prepared.inputs and C.GENERATE_BATCH in servable.signatures:
+            return C.GENERATE
+        return None
+
+    def submit(self, servable: Servable, prepared: Prepared, is_active: Callable[[], bool]) -> dict | None:
+        """Runs `prepared` in a batch and returns its outputs (all of them), or None.
+
+        Raises:
+            RequestError: the batch failed, or the queue is full (UNAVAILABLE).
+        """
+        key = self.batch_key(servable, prepared)
+        if key is None:
+            return None
+        task = _Task(servable, prepared, is_active)
+        self._queues[key].submit(task)
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+        return task.result
+
+    def stop(self) -> None:
+        for queue in self._queues.values():
+            queue.stop()
+
+    # === Batch runners ===
+    @staticmethod
+    def _run_rows(tasks: list[_Task]) -> None:
+        signature = tasks[0].prepared.signature
+        if len(tasks) == 1:
+            tasks[0].result = tasks[0].servable.run(signature, tasks[0].prepared.inputs)
+            return
+        inputs = {k: np.concatenate([t.prepared.inputs[k] for t in tasks]) for k in signature.inputs}
+        outputs = tasks[0].servable.run(signature, inputs)
+        _split(tasks, outputs, [t.prepared.rows for t in tasks])
+
+    @staticmethod
+    def _run_generate(tasks: list[_Task]) -> None:
+        servable = tasks[0].servable
+        if len(tasks) == 1:
+            tasks[0].result = servable.run(tasks[0].prepared.signature, tasks[0].prepared.inputs)
+            return
+        counts = [int(t.prepared.inputs[C.NUM_SAMPLES]) for t in tasks]
+        inputs = {
+            C.NUM_SAMPLES: np.asarray(counts, np.int32),
+            C.SEED: np.stack([t.prepared.inputs[C.SEED] for t in tasks]).astype(np.int64),
+            C.TEMPERATURE: np.asarray([t.prepared.inputs[C.TEMPERATURE] for t in tasks], np.float32),
+        }
+        outputs = servable.run(servable.signatures[C.GENERATE_BATCH], inputs)
+        _split(tasks, outputs, counts)
+
+
+def _split(tasks: list[_Task], outputs: dict[str, np.ndarray], rows: list[int]) -> None:
+    bounds = np.cumsum([0, *rows])
+    for task, start, stop in zip(tasks, bounds[:-1], bounds[1:]):
+        task.result = {k: v[start:stop] for k, v in outputs.items()}

@@ -1,0 +1,236 @@
+"""One loaded version of an exported model: its signatures, request validation and warm-up.
+
+Loaded with `tf.saved_model.load`; nothing here knows the Keras model. Validation follows
+TF Serving's `predict_util.cc` (same gRPC codes, messages saying what was expected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from serving import contract as C
+from serving.tensors import dtype_name, from_tensor_proto, shape_of
+
+log = logging.getLogger(__name__)
+SERVE_TAG = "serve"
+
+
+class RequestError(Exception):
+    """A request the server refuses, with the gRPC code TF Serving would answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def status_code_of(error: tf.errors.OpError) -> grpc.StatusCode:
+    """The gRPC code of a TensorFlow error (both use the same numbers)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == error.error_code:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    dtype: int  # DataType enum
+    shape: tuple[int, ...] | None  # -1 for any size; None for unknown rank
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A callable signature and what it accepts."""
+
+    name: str
+    inputs: dict[str, InputSpec]
+    outputs: tuple[str, ...]
+    function: object  # the loaded ConcreteFunction
+
+    def describe_inputs(self) -> str:
+        return ", ".join(
+            f"{k}: {dtype_name(s.dtype)} {list(s.shape) if s.shape is not None else '?'}"
+            for k, s in sorted(self.inputs.items())
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A validated request: numpy inputs and the output aliases to return."""
+
+    signature: Signature
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        """Rows this request adds to a batch (dim 0 of its row input, or num_samples)."""
+        if self.signature.name in C.ROW_SIGNATURES:
+            return int(next(iter(self.inputs.values())).shape[0])
+        return int(np.sum(self.inputs.get(C.NUM_SAMPLES, 0)))
+
+
+def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the `serve` MetaGraph in `saved_model.pb` (what TF Serving reads)."""
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((path / C.SAVED_MODEL_FILE).read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{path} has no MetaGraph tagged {SERVE_TAG!r}")
+
+
+class Servable:
+    """A loaded version: `prepare` validates a PredictRequest, `run` executes it.
+
+    Args:
+        name: the model name.
+        version: the version number.
+        path: the version folder.
+    """
+
+    def __init__(self, name: str, version: int, path: Path):
+        self.name = name
+        self.version = version
+        self.path = Path(path)
+        self.signature_defs = read_signature_defs(self.path)
+        self._loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
+        self.signatures: dict[str, Signature] = {}
+        for key, function in self._loaded.signatures.items():
+            definition = self.signature_defs[key]
+            inputs = {
+                alias: InputSpec(info.dtype, _shape(info.tensor_shape))
+                for alias, info in definition.inputs.items()
+            }
+            outputs = tuple(sorted(definition.outputs))
+            self.signatures[key] = Signature(key, inputs, outputs, function)
+
+    # === Requests ===
+    def prepare(self, request: predict_pb2.PredictRequest) -> Prepared:
+        """Validates a request against its signature and the contract's limits.
+
+        Raises:
+            RequestError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for
+                wrong input names, dtypes, shapes, output aliases or limits.
+        """
+        key = request.model_spec.signature_name or C.DEFAULT_SIGNATURE
+        signature = self.signatures.get(key)
+        if signature is None:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f'Serving signature key "{key}" not found. Available: {sorted(self.signatures)}.',
+            )
+        outputs = _output_aliases(signature, request.output_filter)
+        _check_input_names(signature, request.inputs.keys())
+        inputs = {alias: _read_input(signature, alias, proto) for alias, proto in request.inputs.items()}
+        message = C.limit_error(inputs)
+        if message is not None:
+            raise invalid(message)
+        return Prepared(signature, inputs, outputs)
+
+    def run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Calls a signature on numpy inputs; returns every output as numpy.
+
+        Raises:
+            RequestError: the TensorFlow error's code and message (e.g. a failed in-graph check).
+        """
+        try:
+            result = signature.function(**{k: tf.constant(v) for k, v in inputs.items()})
+        except tf.errors.OpError as err:
+            raise RequestError(status_code_of(err), _tf_message(err)) from None
+        return {k: v.numpy() for k, v in result.items()}
+
+    def warm_up(self) -> int:
+        """Replays `assets.extra/tf_serving_warmup_requests` (TF Serving does the same).
+
+        Returns:
+            The number of requests replayed.
+        """
+        path = self.path / C.ASSETS_EXTRA / C.WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if entry.WhichOneof("log_type") != "predict_log":
+                continue
+            prepared = self.prepare(entry.predict_log.request)
+            self.run(prepared.signature, prepared.inputs)
+            count += 1
+        return count
+
+
+def _tf_message(err: tf.errors.OpError) -> str:
+    """The useful line of a TensorFlow error (the failed check, not the stack note)."""
+    lines = [line.strip() for line in err.message.splitlines() if line.strip()]
+    for line in lines:
+        if "assertion failed" in line:
+            return line
+    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at", "<stack"))]
+    return (useful or lines or [type(err).__name__])[0]
+
+
+def _shape(proto) -> tuple[int, ...] | None:
+    return None if proto.unknown_rank else tuple(int(d.size) for d in proto.dim)
+
+
+def _output_aliases(signature: Signature, output_filter: Sequence[str]) -> tuple[str, ...]:
+    seen: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{','.join(signature.outputs)}}}."
+            )
+        if alias in seen:
+            raise invalid(f"duplicate output tensor alias: {alias}")
+        seen.append(alias)
+    return tuple(seen) or signature.outputs
+
+
+def _check_input_names(signature: Signature, sent: Sequence[str]) -> None:
+    sent_set, expected = set(sent), set(signature.inputs)
+    if sent_set != expected:
+        raise invalid(
+            f"input size does not match signature: {len(sent_set)}!={len(expected)} "
+            f"len({{{','.join(sorted(sent_set))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent_set - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent_set))}}}. "
+            f"Signature {signature.name!r} expects {signature.describe_inputs()}."
+        )
+
+
+def _read_input(signature: Signature, alias: str, proto) -> np.ndarray:
+    spec = signature.inputs[alias]
+    if proto.dtype != spec.dtype:
+        raise invalid(
+            f"input {alias!r} of signature {signature.name!r} has dtype {dtype_name(proto.dtype)}; "
+            f"expected {dtype_name(spec.dtype)}"
+        )
+    shape = shape_of(proto)
+    if spec.shape is not None and (
+        shape is None
+        or len(shape) != len(spec.shape)
+        or any(e not in (-1, s) for s, e in zip(shape, spec.shape))
+    ):
+        raise invalid(
+            f"input {alias!r} of signature {signature.name!r} has shape "
+            f"{list(shape) if shape is not None else '?'}; expected {list(spec.shape)} (-1: any size)"
+        )
+    try:
+        return from_tensor_proto(proto)
+    except ValueError as err:
+        raise invalid(f"input {alias!r}: {err}") from None

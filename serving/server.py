@@ -1,0 +1,296 @@
+"""The embedded model server: TF Serving's gRPC API over the same export folders.
+
+It implements `PredictionService.Predict` and `GetModelMetadata` and
+`ModelService.GetModelStatus` (`tensorflow_serving.apis`) with TF Serving's semantics and
+status codes, plus gRPC health checking, optional TLS, request limits, server-side
+batching and graceful shutdown. It never imports the Keras model: it loads SavedModels.
+
+Example:
+    >>> server = ModelServer(ServerOptions(model_base_path="exports/vae", port=0))
+    >>> port = server.start()   # versions loaded, health SERVING
+    >>> server.stop()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import contract as C
+from serving.batching import BatchingOptions, BatchScheduler
+from serving.manager import ModelManager
+from serving.servable import RequestError, invalid
+from serving.tensors import to_tensor_proto
+
+log = logging.getLogger(__name__)
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Everything `vae serve` can set.
+
+    Args:
+        model_base_path: the folder with the version folders (`<export base>/<model name>`).
+        model_name: the name requests must use.
+        host: interface to bind (loopback by default).
+        port: gRPC port; 0 picks a free one (`ModelServer.start` returns it).
+        poll_seconds: how often to look for new versions (TF Serving's
+            `--file_system_poll_wait_seconds`); 0 loads once.
+        num_versions: newest versions kept loaded (`model_version_policy { latest }`); 0: all.
+        version_labels: (label, version) pairs (`version_labels` of models.config).
+        batching: server-side batching, or None to run every request on its own.
+        max_workers: gRPC handler threads.
+        max_concurrent_rpcs: requests in flight before RESOURCE_EXHAUSTED.
+        max_message_bytes: gRPC receive and send limit.
+        tls_cert_file, tls_key_file: PEM server certificate chain and key; both or neither.
+        tls_client_ca_file: PEM CA that client certificates must chain to (mutual TLS).
+        grace_seconds: how long in-flight requests may finish on shutdown.
+    """
+
+    model_base_path: str
+    model_name: str = C.MODEL_NAME
+    host: str = C.DEFAULT_HOST
+    port: int = C.GRPC_PORT
+    poll_seconds: float = 1.0
+    num_versions: int = 2
+    version_labels: tuple[tuple[str, int], ...] = ()
+    batching: BatchingOptions | None = None
+    max_workers: int = 16
+    max_concurrent_rpcs: int = 256
+    max_message_bytes: int = C.MAX_MESSAGE_BYTES
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    grace_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.model_name:
+            raise ValueError("model_name must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be within [0, 65535], got {self.port}")
+        if self.num_versions < 0 or self.poll_seconds < 0:
+            raise ValueError("num_versions and poll_seconds must be >= 0")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.max_workers < 1 or self.max_message_bytes < 1:
+            raise ValueError("max_workers and max_message_bytes must be >= 1")
+
+
+def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
+    context.abort(error.code, error.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference stay UNIMPLEMENTED."""
+
+    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None):
+        self._manager = manager
+        self._scheduler = scheduler
+
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        try:
+            servable = self._manager.lookup(request.model_spec)
+            prepared = servable.prepare(request)
+            outputs = None
+            if self._scheduler is not None:
+                outputs = self._scheduler.submit(servable, prepared, context.is_active)
+            if outputs is None:
+                outputs = servable.run(prepared.signature, prepared.inputs)
+        except RequestError as err:
+            _abort(context, err)
+        except Exception as err:  # a bug must cost one request, not the server
+            log.exception("Predict failed")
+            _abort(context, RequestError(grpc.StatusCode.INTERNAL, f"Predict failed: {err}"))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = request.model_spec.signature_name or C.DEFAULT_SIGNATURE
+        for alias in prepared.outputs:
+            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias]))
+        return response
+
+    def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        try:
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            if not request.metadata_field:
+                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+            for field in request.metadata_field:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise invalid(f"Metadata field {field} is not supported")
+            servable = self._manager.lookup(request.model_spec)
+        except RequestError as err:
+            _abort(context, err)
+        definitions = get_model_metadata_pb2.SignatureDefMap()
+        for key, definition in servable.signature_defs.items():
+            definitions.signature_def[key].CopyFrom(definition)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(definitions)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus; HandleReloadConfigRequest stays UNIMPLEMENTED."""
+
+    def __init__(self, manager: ModelManager):
+        self._manager = manager
+
+    def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
+        try:
+            if not request.HasField("model_spec"):
+                raise invalid("Missing ModelSpec")
+            states = self._manager.status(request.model_spec)
+        except RequestError as err:
+            _abort(context, err)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state in states.items():
+            entry = response.model_version_status.add(version=version, state=state.state)
+            entry.status.error_code = state.error_code.value[0]
+            entry.status.error_message = state.error_message
+        return response
+
+
+def _credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
+    if options.tls_cert_file is None:
+        return None
+    pair = (Path(options.tls_key_file).read_bytes(), Path(options.tls_cert_file).read_bytes())
+    client_ca = Path(options.tls_client_ca_file).read_bytes() if options.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+class ModelServer:
+    """Owns the manager, the batcher, the health service and the gRPC server.
+
+    Args:
+        options: the server options.
+    """
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.health = health.HealthServicer()
+        self._set_health(False)
+        self.manager = ModelManager(
+            options.model_name,
+            options.model_base_path,
+            num_versions=options.num_versions,
+            poll_seconds=options.poll_seconds,
+            version_labels=dict(options.version_labels),
+            on_change=self._set_health,
+        )
+        self.scheduler = BatchScheduler(options.batching) if options.batching else None
+        limits = [
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.max_send_message_length", options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="grpc"),
+            options=limits,
+            maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager, self.scheduler), self._server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port: int | None = None
+        self._stopped = threading.Event()
+
+    def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", C.HEALTH_SERVICE):
+            self.health.set(service, status)
+
+    def start(self) -> int:
+        """Loads the versions found on disk, binds and starts serving.
+
+        Returns:
+            The bound port.
+
+        Raises:
+            RuntimeError: the address could not be bound.
+        """
+        self.manager.start()
+        address = f"{self.options.host}:{self.options.port}"
+        credentials = _credentials(self.options)
+        try:
+            if credentials is None:
+                port = self._server.add_insecure_port(address)
+            else:
+                port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as err:
+            self.manager.stop()
+            raise RuntimeError(f"cannot bind {address}: {err}") from None
+        if port == 0:
+            self.manager.stop()
+            raise RuntimeError(f"cannot bind {address}")
+        self._server.start()
+        self.port = port
+        log.info(
+            "serving model %r from %s on %s:%d (%s, batching %s, versions %s)",
+            self.options.model_name, self.options.model_base_path, self.options.host, port,
+            "TLS" if credentials else "plaintext", "on" if self.scheduler else "off",
+            self.manager.available_versions or "none yet",
+        )
+        return port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops accepting requests, lets in-flight ones finish, then stops the threads."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.options.grace_seconds if grace is None else grace
+        self._server.stop(grace).wait()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.manager.stop()
+        log.info("server stopped")
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+
+def serve(options: ServerOptions) -> int:
+    """Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+
+    Returns:
+        The process exit code (0).
+    """
+    server = ModelServer(options)
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0

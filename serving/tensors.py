@@ -1,0 +1,95 @@
+"""numpy <-> TensorProto conversions for the gRPC API, shared by the server and the client.
+
+`tensor_content` (raw little-endian bytes) is the fast path both ways; protos that carry
+typed fields (`float_val`, ...; TF Serving answers that way) fall back to `tf.make_ndarray`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+_NUMPY_TO_DTYPE: dict[np.dtype, int] = {
+    np.dtype(np.float32): types_pb2.DT_FLOAT,
+    np.dtype(np.float64): types_pb2.DT_DOUBLE,
+    np.dtype(np.float16): types_pb2.DT_HALF,
+    np.dtype(np.int8): types_pb2.DT_INT8,
+    np.dtype(np.int16): types_pb2.DT_INT16,
+    np.dtype(np.int32): types_pb2.DT_INT32,
+    np.dtype(np.int64): types_pb2.DT_INT64,
+    np.dtype(np.uint8): types_pb2.DT_UINT8,
+    np.dtype(np.uint16): types_pb2.DT_UINT16,
+    np.dtype(np.uint32): types_pb2.DT_UINT32,
+    np.dtype(np.uint64): types_pb2.DT_UINT64,
+    np.dtype(np.bool_): types_pb2.DT_BOOL,
+}
+_DTYPE_TO_NUMPY = {v: k for k, v in _NUMPY_TO_DTYPE.items()}
+
+
+def dtype_enum(dtype: str | np.dtype) -> int:
+    """The `DataType` enum of a numpy dtype (or dtype name)."""
+    np_dtype = np.dtype(dtype)
+    if np_dtype not in _NUMPY_TO_DTYPE:
+        raise TypeError(f"dtype {np_dtype} has no TensorProto fast path")
+    return _NUMPY_TO_DTYPE[np_dtype]
+
+
+def dtype_name(enum: int) -> str:
+    """`DT_FLOAT` and friends, for messages."""
+    return types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values() else str(enum)
+
+
+def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...] | None:
+    """The shape a TensorProto declares, or None when it declares an unknown rank."""
+    if proto.tensor_shape.unknown_rank:
+        return None
+    return tuple(int(d.size) for d in proto.tensor_shape.dim)
+
+
+def to_tensor_proto(array) -> tensor_pb2.TensorProto:
+    """A numpy array (or scalar) as a TensorProto with `tensor_content`.
+
+    Raises:
+        TypeError: the dtype is not a fixed-size numeric type.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    proto = tensor_pb2.TensorProto(
+        dtype=dtype_enum(array.dtype),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
+        ),
+    )
+    proto.tensor_content = array.tobytes()
+    return proto
+
+
+def from_tensor_proto(proto: tensor_pb2.TensorProto, writable: bool = False) -> np.ndarray:
+    """A TensorProto as a numpy array.
+
+    Args:
+        proto: the tensor.
+        writable: copy out of the message buffer (otherwise the array is read-only).
+
+    Raises:
+        ValueError: the proto is malformed (its content does not fill its shape).
+    """
+    shape = shape_of(proto)
+    if shape is None:
+        raise ValueError("tensor has an unknown rank")
+    np_dtype = _DTYPE_TO_NUMPY.get(proto.dtype)
+    if np_dtype is not None and proto.tensor_content:
+        expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        if len(proto.tensor_content) != expected:
+            raise ValueError(
+                f"tensor_content has {len(proto.tensor_content)} bytes; shape {list(shape)} "
+                f"of {dtype_name(proto.dtype)} needs {expected}"
+            )
+        array = np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape)
+        return array.copy() if writable else array
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot read tensor of {dtype_name(proto.dtype)} {list(shape)}: {err}") from None

@@ -1,0 +1,95 @@
+"""`vae train` on real Fashion-MNIST: learning, outputs, workdir rules and CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import cli, data
+from pipelines.config import RunConfig
+from pipelines.evaluate import evaluate
+from pipelines.train import METRICS_FILE, WorkdirError, build_model, train
+
+REQUIRED_METRICS = {"test_nelbo", "test_iwae_nll", "iwae_k", "train_images_per_second",
+                    "epochs", "wall_seconds", "active_units"}
+
+
+def small_config(tfds_dir, *overrides):
+    config = RunConfig()
+    for assignment in (
+        f'data.data_dir="{tfds_dir}"', "model.latent_dim=2", "model.hidden_units=[256]",
+        "train.epochs=2", "train.steps_per_epoch=100", "train.iwae_k=50",
+        "train.eval_examples=1000", *overrides,
+    ):
+        config = config.override(assignment)
+    return config
+
+
+@pytest.fixture(scope="module")
+def run(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = small_config(tfds_dir)
+    metrics = train(config, workdir, verbose=0)
+    return config, workdir, metrics
+
+
+@pytest.mark.slow
+def test_training_lowers_the_test_negative_elbo(run):
+    config, workdir, metrics = run
+    builder = data.get_builder(config.data)
+    test_ds = data.evaluation_dataset(builder, config.data, "test", 500, binarize=True,
+                                      seed=config.train.seed + 2, limit=1000)
+    untrained = evaluate(build_model(config), test_ds, iwae_k=50, batch_size=500, verbose=False)
+    assert untrained["test_nelbo"] > 500  # ~ 784 log 2 for a random decoder
+    assert metrics["test_nelbo"] < 0.7 * untrained["test_nelbo"]
+    assert metrics["test_iwae_nll"] <= metrics["test_nelbo"] + 0.5
+    assert metrics["active_units"] == 2
+
+
+@pytest.mark.slow
+def test_outputs_are_written(run):
+    config, workdir, metrics = run
+    on_disk = json.loads((workdir / METRICS_FILE).read_text())
+    assert REQUIRED_METRICS <= set(on_disk)
+    assert on_disk["epochs"] == 2 and on_disk["iwae_k"] == 50
+    assert on_disk["train_images_per_second"] > 0
+    assert RunConfig.load(workdir / "config.json") == config
+    assert (workdir / "model.keras").is_file() and not (workdir / "backup").exists()
+    for name in ("samples.png", "reconstructions.png", "latent_scatter.png", "manifold.png"):
+        with Image.open(workdir / name) as picture:
+            picture.verify()
+        with Image.open(workdir / name) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 50
+            assert np.asarray(picture).std() > 0  # not a blank picture
+
+
+@pytest.mark.slow
+def test_finished_workdir_needs_overwrite(run):
+    config, workdir, _ = run
+    with pytest.raises(WorkdirError, match="--overwrite"):
+        train(config, workdir, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["model.latent_dim=0"], "ModelConfig.latent_dim must be a positive integer"),
+        (["train.epochz=3"], "TrainConfig has no field 'epochz'"),
+        (["--dataset", "fashion_mnistt"], "unknown dataset 'fashion_mnistt'"),
+        (["--config", "/nonexistent/config.json"], "does not exist"),
+    ],
+)
+def test_cli_errors_say_what_is_wrong(argv, message, tmp_path, tfds_dir, capsys):
+    code = cli.main(["train", "--workdir", str(tmp_path / "w"), "--data-dir", tfds_dir, *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_flags_reach_the_config():
+    args = cli.build_parser().parse_args(
+        ["train", "--workdir", "w", "--epochs", "4", "--latent-dim", "2", "--download",
+         "model.hidden_units=[64]"])
+    config = cli.train_config(args)
+    assert (config.train.epochs, config.model.latent_dim, config.data.download) == (4, 2, True)
+    assert config.model.hidden_units == (64,)

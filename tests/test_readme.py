@@ -1,0 +1,42 @@
+"""The README's two commands: the first runs the main job end to end, the second is CI's."""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's first code block, comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", text, re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_ci_runs_the_readme_test_command():
+    demo, tests = readme_commands()[:2]
+    ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == tests
+    assert demo != tests
+
+
+@pytest.mark.slow
+def test_readme_command_1_runs_the_main_job_end_to_end(tmp_path, tfds_dir):
+    demo = readme_commands()[0]
+    env = {**os.environ, "VAE_DEMO_DIR": str(tmp_path / "demo"), "TFDS_DATA_DIR": tfds_dir}
+    done = subprocess.run(["bash", "-c", demo], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    train = tmp_path / "demo" / "train"
+    metrics = json.loads((train / "metrics.json").read_text())
+    assert metrics["iwae_k"] == 1000 and metrics["eval_examples"] == 10_000
+    assert metrics["test_iwae_nll"] < 300  # a random decoder scores about 543 nats
+    for name in ("model.keras", "config.json", "samples.png", "reconstructions.png"):
+        assert (train / name).is_file()
+    assert f"outputs in {train}" in done.stdout
