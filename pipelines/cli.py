@@ -27,6 +27,12 @@ TRAIN_FLAGS = {
     "architecture": "model.architecture",
     "latent_dim": "model.latent_dim",
     "likelihood": "model.likelihood",
+    "strategy": "train.strategy",
+    "cpu_replicas": "train.cpu_replicas",
+    "mixed_precision": "train.mixed_precision",
+    "jit": "train.jit",
+    "checkpoint_every_steps": "train.checkpoint_every_steps",
+    "early_stopping_patience": "train.early_stopping_patience",
 }
 
 
@@ -55,6 +61,16 @@ def _add_train(subparsers) -> None:
     p.add_argument("--architecture", choices=["mlp", "conv"])
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"])
+    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker"],
+                   help="tf.distribute strategy (auto: multiworker with TF_CONFIG, mirrored "
+                   "with several GPUs or --cpu-replicas, else default)")
+    p.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices")
+    p.add_argument("--mixed-precision", action="store_true", default=None)
+    p.add_argument("--jit", action="store_true", default=None, help="XLA-compile the step")
+    p.add_argument("--checkpoint-every-steps", type=int,
+                   help="checkpoint every N steps as well as every epoch")
+    p.add_argument("--early-stopping-patience", type=int,
+                   help="stop after N epochs without a better validation negative ELBO")
     p.add_argument("--overwrite", action="store_true",
                    help="train again in a workdir that holds a finished run")
     p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE")
@@ -77,6 +93,9 @@ def run_train(args) -> int:
     from pipelines.train import train
 
     metrics = train(train_config(args), args.workdir, overwrite=args.overwrite)
+    if not metrics:
+        print("worker finished; the chief writes the model, metrics and pictures")
+        return 0
     print(
         f"test negative ELBO {metrics['test_nelbo']:.2f} nats, "
         f"IWAE NLL (k={metrics['iwae_k']}) {metrics['test_iwae_nll']:.2f} nats, "
@@ -99,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from model.config import ConfigError
     from pipelines.data import DataError
+    from pipelines.distribute import DistributionError
     from pipelines.train import WorkdirError
 
-    return ConfigError, DataError, WorkdirError
+    return ConfigError, DataError, DistributionError, WorkdirError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from model.config import ConfigBase, ConfigError, ModelConfig, _require
 
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig(ConfigBase):
@@ -61,6 +63,14 @@ class TrainConfig(ConfigBase):
         eval_examples: test images evaluated (None = the whole test split).
         eval_batch_size: images per evaluation batch.
         model_name: the name the model is exported and served under.
+        strategy: `auto`, `default`, `mirrored` or `multiworker` (see pipelines.distribute).
+        cpu_replicas: split the CPU into N logical devices (mirrored training without GPUs).
+        mixed_precision: compute in float16 (GPU) or bfloat16 (CPU); losses stay float32.
+        jit: compile the training step with XLA.
+        checkpoint_every_steps: checkpoint every N optimizer steps too (0: every epoch).
+        early_stopping_patience: stop after N epochs without a better validation
+            negative ELBO and keep the best weights (0: off).
+        tensorboard: write TensorBoard logs to `workdir/logs`.
     """
 
     epochs: int = 10
@@ -72,9 +82,23 @@ class TrainConfig(ConfigBase):
     eval_examples: int | None = None
     eval_batch_size: int = 500
     model_name: str = "vae"
+    strategy: str = "auto"
+    cpu_replicas: int = 0
+    mixed_precision: bool = False
+    jit: bool = False
+    checkpoint_every_steps: int = 0
+    early_stopping_patience: int = 0
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        _require(
+            self.strategy in STRATEGIES,
+            f"{name}.strategy must be one of {STRATEGIES}, got {self.strategy!r}",
+        )
+        for field_name in ("cpu_replicas", "checkpoint_every_steps", "early_stopping_patience"):
+            value = getattr(self, field_name)
+            _require(value >= 0, f"{name}.{field_name} must be >= 0, got {value}")
         _require(self.epochs >= 1, f"{name}.epochs must be >= 1, got {self.epochs}")
         _require(self.batch_size >= 1, f"{name}.batch_size must be >= 1, got {self.batch_size}")
         _require(

@@ -1,12 +1,15 @@
-"""`vae train`: data -> fit -> save -> evaluate -> pictures, all inside one workdir.
+"""`vae train`: data -> distributed training -> save -> evaluate -> pictures, in one workdir.
 
 Workdir layout:
     config.json      the resolved RunConfig (written before training starts)
-    backup/          Keras BackupAndRestore state while a run is unfinished
+    checkpoints/     model, optimizer and progress while a run is unfinished
+    logs/            TensorBoard: losses, KL per latent unit, learning rate, samples
     model.keras      the trained model (written atomically)
-    metrics.json     test metrics and training speed (written last: marks a finished run)
     history.json     per-epoch losses
+    metrics.json     test metrics and training speed (written last: marks a finished run)
     *.png            samples, reconstructions, and for a 2-D latent the latent space
+
+Under `multiworker` every host runs the same command; only the chief writes here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -22,11 +26,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from model import VAE
 from pipelines import data, plots
 from pipelines.config import RunConfig
+from pipelines.distribute import make_cluster
 from pipelines.evaluate import evaluate
+from pipelines.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +41,12 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
-BACKUP_DIR = "backup"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
 
 
 class WorkdirError(RuntimeError):
-    """The workdir holds a finished run and `overwrite` was not given."""
+    """The workdir holds a finished run, or an unfinished run of another config."""
 
 
 def write_json_atomic(path: Path, payload) -> None:
@@ -53,108 +61,119 @@ def save_model_atomic(vae, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class Throughput(keras.callbacks.Callback):
-    """Times each epoch's training part (validation excluded)."""
-
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images_per_epoch = images_per_epoch
-        self.seconds: list[float] = []
-        self._start = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def _stop(self):
-        if self._start is not None:
-            self.seconds.append(time.perf_counter() - self._start)
-            self._start = None
-
-    def on_test_begin(self, logs=None):
-        self._stop()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._stop()
-
-    def images_per_second(self) -> float:
-        """Median over the epochs after the first (which includes tracing), if any."""
-        steady = self.seconds[1:] or self.seconds
-        return self.images_per_epoch / statistics.median(steady) if steady else 0.0
-
-
 def build_model(config: RunConfig) -> VAE:
-    """The VAE of a run, built (all weights created)."""
+    """The VAE of a run, built (all weights created) and compiled with its optimizer."""
     vae = VAE(config.model, seed=config.train.seed)
     vae.build()
+    vae.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
     return vae
 
 
-def _check_workdir(workdir: Path, overwrite: bool) -> None:
-    if (workdir / METRICS_FILE).exists() and not overwrite:
+# Fields that may change between a killed run and its resumption.
+_RESUMABLE_CHANGES = {"train.epochs", "train.strategy", "train.cpu_replicas", "train.verbose",
+                      "train.early_stopping_patience", "train.tensorboard", "data.data_dir",
+                      "data.download"}
+
+
+def _flatten(config: RunConfig) -> dict:
+    return {f"{section}.{k}": v for section, fields in config.to_dict().items()
+            for k, v in fields.items()}
+
+
+def _check_workdir(workdir: Path, config: RunConfig, overwrite: bool) -> None:
+    if overwrite:
+        for name in (METRICS_FILE, MODEL_FILE, HISTORY_FILE, CONFIG_FILE):
+            (workdir / name).unlink(missing_ok=True)
+        for name in (CHECKPOINT_DIR, LOG_DIR):
+            shutil.rmtree(workdir / name, ignore_errors=True)
+        return
+    if (workdir / METRICS_FILE).exists():
         raise WorkdirError(
             f"{workdir} holds a finished run ({METRICS_FILE} exists); pass --overwrite to "
             f"train again there, or choose another --workdir"
         )
-    if overwrite:
-        for name in (METRICS_FILE, MODEL_FILE, HISTORY_FILE):
-            (workdir / name).unlink(missing_ok=True)
+    previous = workdir / CONFIG_FILE
+    if (workdir / CHECKPOINT_DIR).exists() and previous.exists():
+        old, new = _flatten(RunConfig.load(previous)), _flatten(config)
+        changed = sorted(k for k in new if old.get(k) != new[k] and k not in _RESUMABLE_CHANGES)
+        if changed:
+            raise WorkdirError(
+                f"{workdir} holds an unfinished run with another config ("
+                + ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+                + "); run the same command to resume it, or pass --overwrite to start anew"
+            )
+
+
+def _set_precision(config: RunConfig) -> None:
+    if config.train.mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+        log.info("mixed precision: %s (losses and the KL stay float32)", policy)
 
 
 def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
           verbose: int | None = None) -> dict:
-    """Trains, saves, evaluates and draws one VAE; returns the metrics.
+    """Trains, saves, evaluates and draws one VAE; returns the metrics (empty on a
+    worker that is not the chief).
 
-    A killed run resumes from `workdir/backup` when the same command runs again.
+    A killed run resumes from `workdir/checkpoints` when the same command runs again.
 
     Raises:
-        WorkdirError: the workdir holds a finished run and `overwrite` is False.
+        WorkdirError: the workdir holds a finished run and `overwrite` is False, or an
+            unfinished run of a different config.
         pipelines.data.DataError: the dataset cannot be found or prepared.
+        pipelines.distribute.DistributionError: the strategy cannot run here.
     """
     started = time.perf_counter()
+    cluster = make_cluster(config.train.strategy, config.train.cpu_replicas)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_workdir(workdir, overwrite)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     keras.utils.set_random_seed(config.train.seed)
+    _set_precision(config)
 
     builder = data.get_builder(config.data)
     shape = data.image_shape(builder, config.data)
     if shape != config.model.image_shape:
-        log.info("image shape from %s: %s", config.data.dataset, shape)
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, image_shape=shape))
-    config.save(workdir / CONFIG_FILE)
+    if cluster.is_chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_workdir(workdir, config, overwrite)
+        config.save(workdir / CONFIG_FILE)
 
     train_cfg = config.train
+    global_batch = train_cfg.batch_size
+    steps_per_epoch = train_cfg.steps_per_epoch or (
+        data.num_examples(builder, config.data.train_split) // global_batch)
+    if steps_per_epoch < 1:
+        raise data.DataError(
+            f"split {config.data.train_split!r} has fewer examples than one batch of {global_batch}")
     train_ds = data.training_dataset(
-        builder, config.data, config.data.train_split, train_cfg.batch_size,
-        binarize=config.binarize, seed=train_cfg.seed, repeat=train_cfg.steps_per_epoch is not None,
+        builder, config.data, config.data.train_split, global_batch,
+        binarize=config.binarize, seed=train_cfg.seed, repeat=True,
     )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds = train_ds.with_options(options)
     val_ds = data.evaluation_dataset(
         builder, config.data, config.data.validation_split, train_cfg.eval_batch_size,
         binarize=config.binarize, seed=train_cfg.seed + 1, limit=train_cfg.eval_examples,
     )
-    if train_cfg.steps_per_epoch is not None:
-        images_per_epoch = train_cfg.steps_per_epoch * train_cfg.batch_size
-    else:
-        images_per_epoch = data.num_examples(builder, config.data.train_split)
 
-    vae = build_model(config)
-    vae.compile(optimizer=keras.optimizers.Adam(train_cfg.learning_rate))
-    throughput = Throughput(images_per_epoch)
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(workdir / BACKUP_DIR), save_freq="epoch"),
-        throughput,
-    ]
-    log.info("training %s on %s for %d epochs", config.model.architecture, config.data.dataset,
-             train_cfg.epochs)
-    history = vae.fit(
-        train_ds, validation_data=val_ds, epochs=train_cfg.epochs,
-        steps_per_epoch=train_cfg.steps_per_epoch, callbacks=callbacks, verbose=verbose,
-        shuffle=False,  # the pipeline shuffles
-    )
+    with cluster.strategy.scope():
+        vae = build_model(config)
+    trainer = Trainer(vae, cluster, global_batch=global_batch, workdir=workdir,
+                      checkpoint_every_steps=train_cfg.checkpoint_every_steps,
+                      jit=train_cfg.jit, tensorboard=train_cfg.tensorboard)
+    log.info("training %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
+             config.model.architecture, config.data.dataset, train_cfg.epochs, steps_per_epoch,
+             global_batch, cluster.replicas)
+    history = trainer.fit(train_ds, val_ds, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
+                          patience=train_cfg.early_stopping_patience, verbose=verbose)
+    if not cluster.is_chief:
+        return {}
     save_model_atomic(vae, workdir / MODEL_FILE)
-    write_json_atomic(workdir / HISTORY_FILE, {k: [float(v) for v in vals] for k, vals in history.history.items()})
+    write_json_atomic(workdir / HISTORY_FILE, history.as_dict())
 
     test_ds = data.evaluation_dataset(
         builder, config.data, config.data.test_split, train_cfg.eval_batch_size,
@@ -166,15 +185,21 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     metrics = evaluate(vae, test_ds, iwae_k=train_cfg.iwae_k, batch_size=train_cfg.eval_batch_size,
                        seed=train_cfg.seed, num_examples=test_count, verbose=verbose == 1)
     pictures = draw_pictures(vae, test_ds, workdir, seed=train_cfg.seed)
+    steady = history.train_seconds[1:] or history.train_seconds
     metrics.update(
-        epochs=train_cfg.epochs,
-        train_images_per_second=throughput.images_per_second(),
-        epoch_seconds=throughput.seconds,
+        epochs=len(history.epochs) or train_cfg.epochs,
+        optimizer_steps=int(vae.optimizer.iterations.numpy()),
+        train_images_per_second=(steps_per_epoch * global_batch / statistics.median(steady)
+                                 if steady else None),
+        epoch_seconds=history.train_seconds,
+        replicas=cluster.replicas,
+        strategy=cluster.name,
         dataset=config.data.dataset,
         pictures=sorted(p.name for p in pictures),
         wall_seconds=time.perf_counter() - started,
     )
     write_json_atomic(workdir / METRICS_FILE, metrics)
+    trainer.clear_checkpoints()
     return metrics
 
 

@@ -55,13 +55,27 @@ def test_outputs_are_written(run):
     assert on_disk["epochs"] == 2 and on_disk["iwae_k"] == 50
     assert on_disk["train_images_per_second"] > 0
     assert RunConfig.load(workdir / "config.json") == config
-    assert (workdir / "model.keras").is_file() and not (workdir / "backup").exists()
+    assert (workdir / "model.keras").is_file() and not (workdir / "checkpoints").exists()
+    assert on_disk["optimizer_steps"] == 200
     for name in ("samples.png", "reconstructions.png", "latent_scatter.png", "manifold.png"):
         with Image.open(workdir / name) as picture:
             picture.verify()
         with Image.open(workdir / name) as picture:
             assert picture.format == "PNG" and min(picture.size) >= 50
             assert np.asarray(picture).std() > 0  # not a blank picture
+
+
+@pytest.mark.slow
+def test_tensorboard_logs(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, workdir, _ = run
+    events = EventAccumulator(str(workdir / "logs"))
+    events.Reload()
+    tags = set(events.Tags()["tensors"])
+    assert {"loss", "reconstruction", "kl", "val_loss", "learning_rate", "kl_per_unit/000",
+            "kl_per_unit/001", "samples"} <= tags
+    assert len(events.Tensors("val_loss")) == 2  # one per epoch
 
 
 @pytest.mark.slow

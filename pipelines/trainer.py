@@ -1,0 +1,225 @@
+"""A custom training loop for the VAE under any tf.distribute strategy.
+
+Keras 3 `fit` fails under `MultiWorkerMirroredStrategy`, so one loop serves every
+strategy: each replica computes its examples' negative ELBO terms, the reconstruction
+is averaged over the *global* batch (`tf.nn.compute_average_loss`) and the `add_loss`
+KL term is divided by the number of replicas (`tf.nn.scale_regularization_loss`), so
+the summed gradients equal one device's. Many steps run inside one `tf.function` call.
+
+Checkpoints (model, optimizer and progress) are written every epoch and, optionally,
+every N steps; a run started again resumes from the last one, mid-epoch included, and
+ends with the same number of optimizer steps as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model import evaluation, losses
+from pipelines.distribute import Cluster
+
+log = logging.getLogger(__name__)
+
+# Steps per tf.function call: bounds how often the progress bar and checkpoints update.
+STEPS_PER_CALL = 50
+
+
+@dataclass
+class History:
+    """Per-epoch logs and the seconds each epoch spent in training steps."""
+
+    epochs: list[dict] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        keys = self.epochs[0].keys() if self.epochs else []
+        return {k: [e[k] for e in self.epochs] for k in keys}
+
+
+class Trainer:
+    """Trains `vae` (built and compiled with its optimizer under `cluster.strategy`).
+
+    Args:
+        vae: the model; `vae.optimizer` is the optimizer.
+        cluster: the strategy and this process's role.
+        global_batch: images per step across all replicas.
+        workdir: checkpoints go to `workdir/checkpoints`, TensorBoard logs to
+            `workdir/logs` (chief only).
+        checkpoint_every_steps: also checkpoint every N optimizer steps (0: per epoch).
+        jit: compile the replica step with XLA.
+    """
+
+    def __init__(self, vae, cluster: Cluster, *, global_batch: int, workdir: Path,
+                 checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True):
+        self.vae = vae
+        self.optimizer = vae.optimizer
+        self.cluster = cluster
+        self.strategy = cluster.strategy
+        self.global_batch = global_batch
+        self.checkpoint_every_steps = checkpoint_every_steps
+        with self.strategy.scope():
+            self.optimizer.build(vae.trainable_variables)
+            # (epoch, step within the epoch) of the next step to run.
+            self.progress = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="progress")
+        self.checkpoint = tf.train.Checkpoint(model=vae, optimizer=self.optimizer, progress=self.progress)
+        self._checkpoint_dir = workdir / "checkpoints"
+        self._write_dir = self._checkpoint_dir if cluster.is_chief else Path(
+            tempfile.mkdtemp(prefix=f"vae-worker{cluster.task_id}-"))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self._write_dir), max_to_keep=2)
+        if tensorboard and cluster.is_chief:
+            self.writer = tf.summary.create_file_writer(str(workdir / "logs"))
+        else:
+            self.writer = tf.summary.create_noop_writer()
+        replica_step = tf.function(self._replica_step, jit_compile=True) if jit else self._replica_step
+        self._replica_fn = replica_step
+        self._train_steps = tf.function(self._steps)
+        self._val_batch = tf.function(self._validation_batch, reduce_retracing=True)
+
+    # === Steps ===
+    def _replica_step(self, batch):
+        images, _ = batch  # (b, H, W, C), labels
+        vae = self.vae
+        with tf.GradientTape() as tape:
+            out = vae(images, training=True)
+            reconstruction = vae.likelihood.nll(images, out["params"])  # (b,)
+            loss = tf.nn.compute_average_loss(reconstruction, global_batch_size=self.global_batch)
+            loss += tf.nn.scale_regularization_loss(tf.add_n(vae.losses))
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, vae.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, vae.trainable_variables))
+        kl_sum = tf.reduce_sum(out["kl"])
+        weight = tf.cast(vae.kl_weight(training=True), tf.float32)
+        count = tf.cast(tf.shape(images)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(reconstruction), kl_sum, weight * kl_sum, count])
+
+    def _steps(self, iterator, steps):
+        totals = tf.zeros(4)
+        for _ in tf.range(steps):
+            per_replica = self.strategy.run(self._replica_fn, args=(next(iterator),))
+            totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return totals
+
+    def _validation_batch(self, images, seed):
+        z_mean, z_log_var = self.vae.encoder(images)
+        kl_units = tf.reduce_sum(losses.kl_per_unit(z_mean, z_log_var), axis=0)
+        nelbo = evaluation.negative_elbo(self.vae, images, seed)
+        return tf.reduce_sum(nelbo), kl_units
+
+    def validate(self, dataset, seed: int = 0) -> dict:
+        """The negative ELBO (beta = 1) and KL per unit on a fixed validation set."""
+        total, kl_units, count = 0.0, 0.0, 0
+        for index, (images, _) in enumerate(dataset):
+            nelbo, kl = self._val_batch(images, tf.constant([seed, index], tf.int64))
+            total += float(nelbo)
+            kl_units = kl_units + kl.numpy()
+            count += int(images.shape[0])
+        kl_units = np.asarray(kl_units) / max(count, 1)
+        return {"val_loss": total / max(count, 1), "val_kl": float(kl_units.sum()),
+                "val_reconstruction": total / max(count, 1) - float(kl_units.sum()),
+                "kl_per_unit": kl_units}
+
+    # === Checkpoints ===
+    def restore(self) -> tuple[int, int]:
+        """Restores the latest checkpoint, if any; returns (epoch, step) to resume at."""
+        latest = tf.train.latest_checkpoint(str(self._checkpoint_dir))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            epoch, step = (int(v) for v in self.progress.numpy())
+            log.info("resuming from %s at epoch %d, step %d (optimizer step %d)",
+                     latest, epoch + 1, step, int(self.optimizer.iterations.numpy()))
+            return epoch, step
+        return 0, 0
+
+    def save(self, epoch: int, step: int) -> None:
+        self.progress.assign([epoch, step])
+        self.manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
+        if not self.cluster.is_chief:
+            # Every worker takes part in saving; only the chief's copy is kept.
+            shutil.rmtree(self._write_dir, ignore_errors=True)
+
+    def clear_checkpoints(self) -> None:
+        """Removes the checkpoints once the run's outputs are safely written."""
+        if self.cluster.is_chief:
+            shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
+
+    # === The loop ===
+    def fit(self, train_dataset, val_dataset, *, epochs: int, steps_per_epoch: int,
+            patience: int = 0, verbose: int = 1) -> History:
+        """Runs the remaining epochs; a repeated `train_dataset` of global batches.
+
+        Args:
+            patience: stop when `val_loss` has not improved for this many epochs and
+                keep the best weights (0: never stop early).
+            verbose: 1 progress bar, 2 one line per epoch, 0 silent.
+        """
+        start_epoch, start_step = self.restore()
+        iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset))
+        history = History()
+        best, best_weights, waited = np.inf, None, 0
+        for epoch in range(start_epoch, epochs):
+            step = start_step if epoch == start_epoch else 0
+            if verbose:
+                print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose if verbose == 1 else 0)
+            totals = np.zeros(4)
+            began, epoch_start = time.perf_counter(), step
+            while step < steps_per_epoch:
+                count = min(STEPS_PER_CALL, steps_per_epoch - step)
+                if self.checkpoint_every_steps:
+                    done = int(self.optimizer.iterations.numpy())
+                    count = min(count, self.checkpoint_every_steps - done % self.checkpoint_every_steps)
+                totals += self._train_steps(iterator, tf.constant(count)).numpy()
+                step += count
+                bar.update(step, [("loss", (totals[0] + totals[2]) / totals[3])])
+                if (self.checkpoint_every_steps and step < steps_per_epoch
+                        and int(self.optimizer.iterations.numpy()) % self.checkpoint_every_steps == 0):
+                    self.save(epoch, step)
+            seconds = time.perf_counter() - began
+            if epoch_start == 0:
+                history.train_seconds.append(seconds)
+            val = self.validate(val_dataset)
+            logs = {
+                "loss": (totals[0] + totals[2]) / totals[3],
+                "reconstruction": totals[0] / totals[3],
+                "kl": totals[1] / totals[3],
+                **{k: v for k, v in val.items() if k != "kl_per_unit"},
+            }
+            logs = {k: float(v) for k, v in logs.items()}
+            history.epochs.append(logs)
+            self._summaries(epoch, logs, val["kl_per_unit"])
+            self.save(epoch + 1, 0)
+            if verbose:
+                print(f"{steps_per_epoch}/{steps_per_epoch} - {seconds:.0f}s - " + " - ".join(
+                    f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+            if patience:
+                if logs["val_loss"] < best:
+                    best, best_weights, waited = logs["val_loss"], self.vae.get_weights(), 0
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        log.info("early stopping after epoch %d: val_loss has not improved "
+                                 "for %d epochs (best %.3f)", epoch + 1, patience, best)
+                        break
+        if best_weights is not None:
+            self.vae.set_weights(best_weights)
+        return history
+
+    def _summaries(self, epoch: int, logs: dict, kl_per_unit) -> None:
+        with self.writer.as_default(step=epoch + 1):
+            for key, value in logs.items():
+                tf.summary.scalar(key, value)
+            tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)))
+            tf.summary.scalar("kl_weight", float(self.vae.kl_weight(training=True)))
+            for unit, value in enumerate(kl_per_unit):
+                tf.summary.scalar(f"kl_per_unit/{unit:03d}", float(value))
+            tf.summary.image("samples", self.vae.sample(16, seed=0), max_outputs=16)
+        self.writer.flush()

@@ -1,0 +1,49 @@
+"""Run as a script: one SGD step of the same VAE on one device or on N CPU replicas.
+
+Prints the flat weight update as JSON. The log-variance head is set to -30 so that the
+sampling noise (sigma ~ 3e-7) cannot make the runs differ: any difference is the
+distribution's doing.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+
+def main(replicas: int) -> None:
+    from pipelines.distribute import make_cluster
+
+    cluster = make_cluster("mirrored" if replicas > 1 else "default", replicas)
+    import keras
+    import tensorflow as tf
+
+    from model import VAE, ModelConfig
+    from pipelines.trainer import Trainer
+
+    keras.utils.set_random_seed(0)
+    with cluster.strategy.scope():
+        vae = VAE(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,)), seed=0)
+        vae.build()
+        head = vae.encoder.log_var_head
+        head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+        head.bias.assign(np.full(head.bias.shape, -30.0, "float32"))
+        vae.compile(optimizer=keras.optimizers.SGD(0.01))
+    rng = np.random.default_rng(0)
+    images = (rng.random((64, 8, 8, 1)) < 0.5).astype("float32")
+    labels = np.zeros(64, "int64")
+    ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    import tempfile
+    from pathlib import Path
+
+    trainer = Trainer(vae, cluster, global_batch=64, workdir=Path(tempfile.mkdtemp()), tensorboard=False)
+    before = np.concatenate([w.numpy().ravel() for w in vae.trainable_variables])
+    iterator = iter(cluster.strategy.experimental_distribute_dataset(ds))
+    totals = trainer._train_steps(iterator, tf.constant(1)).numpy()
+    after = np.concatenate([w.numpy().ravel() for w in vae.trainable_variables])
+    print(json.dumps({"replicas": cluster.replicas, "update": (after - before).tolist(),
+                      "loss": float((totals[0] + totals[2]) / totals[3])}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -1,0 +1,136 @@
+"""tf.distribute: mirrored replicas, two workers on 127.0.0.1, and kill-and-resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.distribute import DistributionError, make_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+VAE = [sys.executable, "-m", "pipelines.cli"]
+SMALL = ["--epochs", "2", "--steps-per-epoch", "30", "--batch-size", "64", "--iwae-k", "10",
+         "--eval-examples", "200", "model.hidden_units=[128]", "train.eval_batch_size=200"]
+
+
+def run(args, env=None, timeout=300):
+    done = subprocess.run(args, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def history(workdir):
+    return json.loads((Path(workdir) / "history.json").read_text())
+
+
+def test_multiworker_without_tf_config_says_what_is_missing(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(DistributionError, match="TF_CONFIG"):
+        make_cluster("multiworker")
+    with pytest.raises(DistributionError, match="unknown strategy"):
+        make_cluster("tpu")
+
+
+@pytest.mark.slow
+def test_mirrored_first_step_update_equals_one_device():
+    script = str(ROOT / "tests/pipelines/first_step.py")
+    env = {"PYTHONPATH": str(ROOT)}
+    one = json.loads(run([sys.executable, script, "1"], env).strip().splitlines()[-1])
+    two = json.loads(run([sys.executable, script, "2"], env).strip().splitlines()[-1])
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    a, b = np.array(one["update"]), np.array(two["update"])
+    ratio = np.linalg.norm(b) / np.linalg.norm(a)
+    assert ratio == pytest.approx(1.0, abs=1e-4)  # unscaled replica losses would give 2.000
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-6)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process(tmp_path, tfds_dir):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            [*VAE, "train", "--workdir", str(tmp_path / f"worker{index}"), *SMALL],
+            cwd=ROOT, env={**os.environ, "TF_CONFIG": tf_config},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    # The chief (worker 0) alone writes outputs.
+    assert (tmp_path / "worker0" / "metrics.json").is_file()
+    assert not (tmp_path / "worker1").exists()
+    multi = history(tmp_path / "worker0")
+
+    run([*VAE, "train", "--workdir", str(tmp_path / "mirrored"), "--cpu-replicas", "2", *SMALL])
+    run([*VAE, "train", "--workdir", str(tmp_path / "single"), "--strategy", "default", *SMALL])
+    mirrored, single = history(tmp_path / "mirrored"), history(tmp_path / "single")
+    # Two replicas in two processes compute what two replicas in one process compute...
+    np.testing.assert_allclose(multi["loss"], mirrored["loss"], rtol=1e-3)
+    np.testing.assert_allclose(multi["val_loss"], mirrored["val_loss"], rtol=1e-3)
+    # ...and what one device computes, up to the sampling noise drawn per replica.
+    np.testing.assert_allclose(multi["loss"], single["loss"], rtol=0.02)
+    np.testing.assert_allclose(multi["val_loss"], single["val_loss"], rtol=0.02)
+    steps = [json.loads((tmp_path / d / "metrics.json").read_text())["optimizer_steps"]
+             for d in ("worker0", "mirrored", "single")]
+    assert steps == [60, 60, 60]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(tmp_path, tfds_dir):
+    args = ["--epochs", "3", "--steps-per-epoch", "120", "--checkpoint-every-steps", "50",
+            "--iwae-k", "10", "--eval-examples", "500", "--seed", "3"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*VAE, "train", "--workdir", str(killed), *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    # Kill it once a mid-epoch checkpoint of the second epoch exists.
+    while time.monotonic() < deadline and process.poll() is None:
+        index = killed / "checkpoints" / "checkpoint"
+        if index.exists() and "ckpt-200" in index.read_text():
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "metrics.json").exists()
+
+    out = run([*VAE, "-v", "train", "--workdir", str(killed), *args])
+    run([*VAE, "train", "--workdir", str(tmp_path / "whole"), *args])
+    resumed = json.loads((killed / "metrics.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert resumed["optimizer_steps"] == whole["optimizer_steps"] == 360
+    assert resumed["test_nelbo"] == pytest.approx(whole["test_nelbo"], rel=0.03)
+    assert not (killed / "checkpoints").exists()  # cleared once the outputs were written
+
+
+@pytest.mark.slow
+def test_resume_with_another_config_is_refused(tmp_path, tfds_dir):
+    workdir = tmp_path / "w"
+    (workdir / "checkpoints").mkdir(parents=True)
+    from pipelines.config import RunConfig
+    from pipelines.train import WorkdirError, train
+
+    RunConfig().override("model.latent_dim=8").save(workdir / "config.json")
+    with pytest.raises(WorkdirError, match="model.latent_dim: 8 -> 2"):
+        train(RunConfig().override("model.latent_dim=2").override(f'data.data_dir="{tfds_dir}"'),
+              workdir, verbose=0)
