@@ -30,11 +30,12 @@ def kl_per_unit(z_mean, z_log_var):
 def bernoulli_nll(x, logits):
     """-log Bernoulli(x | sigmoid(logits)), summed over pixels: (B, H, W, C) -> (B,).
 
-    Computed from logits as max(l, 0) - l * x + log(1 + exp(-|l|)), which stays finite
-    and exact for any logit; x may be binary or a probability in [0, 1].
+    Computed from logits as softplus(l) - l * x (softplus(l) = log(1 + exp(l)), which
+    TensorFlow evaluates stably in one kernel), finite and exact for any logit; x may be
+    binary or a probability in [0, 1].
     """
     x = ops.cast(x, logits.dtype)
-    per_pixel = ops.relu(logits) - logits * x + ops.log1p(ops.exp(-ops.abs(logits)))
+    per_pixel = ops.softplus(logits) - logits * x
     return _sum_over_examples(per_pixel)
 
 

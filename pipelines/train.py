@@ -31,9 +31,10 @@ import tensorflow as tf
 from model import VAE
 from pipelines import data, plots
 from pipelines.config import RunConfig
-from pipelines.distribute import make_cluster
+from pipelines.distribute import Cluster, make_cluster
 from pipelines.evaluate import evaluate
-from pipelines.trainer import Trainer
+from pipelines.optimizers import FusedAdam
+from pipelines.trainer import History, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def build_model(config: RunConfig) -> VAE:
     """The VAE of a run, built (all weights created) and compiled with its optimizer."""
     vae = VAE(config.model, seed=config.train.seed)
     vae.build()
-    vae.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate))
+    vae.compile(optimizer=FusedAdam(config.train.learning_rate))
     return vae
 
 
@@ -111,36 +112,23 @@ def _set_precision(config: RunConfig) -> None:
         log.info("mixed precision: %s (losses and the KL stay float32)", policy)
 
 
-def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
-          verbose: int | None = None) -> dict:
-    """Trains, saves, evaluates and draws one VAE; returns the metrics (empty on a
-    worker that is not the chief).
+@dataclasses.dataclass
+class Datasets:
+    """The input pipelines of a run."""
 
-    A killed run resumes from `workdir/checkpoints` when the same command runs again.
+    builder: object
+    train: tf.data.Dataset  # repeated, shuffled global batches
+    validation: tf.data.Dataset  # fixed batches
+    steps_per_epoch: int
 
-    Raises:
-        WorkdirError: the workdir holds a finished run and `overwrite` is False, or an
-            unfinished run of a different config.
-        pipelines.data.DataError: the dataset cannot be found or prepared.
-        pipelines.distribute.DistributionError: the strategy cannot run here.
-    """
-    started = time.perf_counter()
-    cluster = make_cluster(config.train.strategy, config.train.cpu_replicas)
-    workdir = Path(workdir)
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
-    keras.utils.set_random_seed(config.train.seed)
-    _set_precision(config)
 
+def load_datasets(config: RunConfig) -> tuple[RunConfig, Datasets]:
+    """Prepares the data; returns the config with the dataset's image shape, and the
+    training and validation pipelines."""
     builder = data.get_builder(config.data)
     shape = data.image_shape(builder, config.data)
     if shape != config.model.image_shape:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, image_shape=shape))
-    if cluster.is_chief:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir(workdir, config, overwrite)
-        config.save(workdir / CONFIG_FILE)
-
     train_cfg = config.train
     global_batch = train_cfg.batch_size
     steps_per_epoch = train_cfg.steps_per_epoch or (
@@ -154,27 +142,76 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds = train_ds.with_options(options)
     val_ds = data.evaluation_dataset(
         builder, config.data, config.data.validation_split, train_cfg.eval_batch_size,
         binarize=config.binarize, seed=train_cfg.seed + 1, limit=train_cfg.eval_examples,
     )
+    return config, Datasets(builder, train_ds.with_options(options), val_ds, steps_per_epoch)
 
+
+def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, *,
+        verbose: int = 2) -> tuple[VAE, History, Trainer]:
+    """Builds the VAE under the strategy and trains it (resuming from workdir's
+    checkpoints if any). The training code of `vae train` and `vae tune`."""
     with cluster.strategy.scope():
         vae = build_model(config)
-    trainer = Trainer(vae, cluster, global_batch=global_batch, workdir=workdir,
+    train_cfg = config.train
+    trainer = Trainer(vae, cluster, global_batch=train_cfg.batch_size, workdir=workdir,
                       checkpoint_every_steps=train_cfg.checkpoint_every_steps,
                       jit=train_cfg.jit, tensorboard=train_cfg.tensorboard)
     log.info("training %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
-             config.model.architecture, config.data.dataset, train_cfg.epochs, steps_per_epoch,
-             global_batch, cluster.replicas)
-    history = trainer.fit(train_ds, val_ds, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
+             config.model.architecture, config.data.dataset, train_cfg.epochs,
+             datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)
+    history = trainer.fit(datasets.train, datasets.validation, epochs=train_cfg.epochs,
+                          steps_per_epoch=datasets.steps_per_epoch,
                           patience=train_cfg.early_stopping_patience, verbose=verbose)
+    return vae, history, trainer
+
+
+def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
+          verbose: int | None = None, cluster: Cluster | None = None) -> dict:
+    """Trains, saves, evaluates and draws one VAE; returns the metrics (empty on a
+    worker that is not the chief).
+
+    A killed run resumes from `workdir/checkpoints` when the same command runs again.
+
+    Raises:
+        WorkdirError: the workdir holds a finished run and `overwrite` is False, or an
+            unfinished run of a different config.
+        pipelines.data.DataError: the dataset cannot be found or prepared.
+        pipelines.distribute.DistributionError: the strategy cannot run here.
+    """
+    started = time.perf_counter()
+    cluster = cluster or make_cluster(config.train.strategy, config.train.cpu_replicas)
+    workdir = Path(workdir)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    keras.utils.set_random_seed(config.train.seed)
+    _set_precision(config)
+    config, datasets = load_datasets(config)
+    if cluster.is_chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_workdir(workdir, config, overwrite)
+        config.save(workdir / CONFIG_FILE)
+    vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
     if not cluster.is_chief:
         return {}
+    metrics = finish(config, vae, history, datasets, workdir, verbose=verbose)
+    metrics.update(replicas=cluster.replicas, strategy=cluster.name,
+                   wall_seconds=time.perf_counter() - started)
+    write_json_atomic(workdir / METRICS_FILE, metrics)
+    trainer.clear_checkpoints()
+    return metrics
+
+
+def finish(config: RunConfig, vae: VAE, history: History, datasets: Datasets, workdir: Path,
+           *, verbose: int = 2) -> dict:
+    """Saves the model and history, evaluates on the test split and draws the pictures;
+    returns the metrics (the caller writes them last)."""
     save_model_atomic(vae, workdir / MODEL_FILE)
     write_json_atomic(workdir / HISTORY_FILE, history.as_dict())
-
+    train_cfg = config.train
+    builder = datasets.builder
     test_ds = data.evaluation_dataset(
         builder, config.data, config.data.test_split, train_cfg.eval_batch_size,
         binarize=config.binarize, seed=train_cfg.seed + 2, limit=train_cfg.eval_examples,
@@ -186,20 +223,15 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
                        seed=train_cfg.seed, num_examples=test_count, verbose=verbose == 1)
     pictures = draw_pictures(vae, test_ds, workdir, seed=train_cfg.seed)
     steady = history.train_seconds[1:] or history.train_seconds
+    images_per_epoch = datasets.steps_per_epoch * train_cfg.batch_size
     metrics.update(
-        epochs=len(history.epochs) or train_cfg.epochs,
+        epochs=history.completed_epochs,
         optimizer_steps=int(vae.optimizer.iterations.numpy()),
-        train_images_per_second=(steps_per_epoch * global_batch / statistics.median(steady)
-                                 if steady else None),
+        train_images_per_second=images_per_epoch / statistics.median(steady) if steady else None,
         epoch_seconds=history.train_seconds,
-        replicas=cluster.replicas,
-        strategy=cluster.name,
         dataset=config.data.dataset,
         pictures=sorted(p.name for p in pictures),
-        wall_seconds=time.perf_counter() - started,
     )
-    write_json_atomic(workdir / METRICS_FILE, metrics)
-    trainer.clear_checkpoints()
     return metrics
 
 

@@ -37,8 +37,9 @@ STEPS_PER_CALL = 50
 class History:
     """Per-epoch logs and the seconds each epoch spent in training steps."""
 
-    epochs: list[dict] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)  # this process's epochs only
     train_seconds: list[float] = field(default_factory=list)
+    completed_epochs: int = 0  # in the whole run, resumed epochs included
 
     def as_dict(self) -> dict[str, list[float]]:
         keys = self.epochs[0].keys() if self.epochs else []
@@ -163,7 +164,7 @@ class Trainer:
         """
         start_epoch, start_step = self.restore()
         iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset))
-        history = History()
+        history = History(completed_epochs=start_epoch)
         best, best_weights, waited = np.inf, None, 0
         for epoch in range(start_epoch, epochs):
             step = start_step if epoch == start_epoch else 0
@@ -195,6 +196,7 @@ class Trainer:
             }
             logs = {k: float(v) for k, v in logs.items()}
             history.epochs.append(logs)
+            history.completed_epochs = epoch + 1
             self._summaries(epoch, logs, val["kl_per_unit"])
             self.save(epoch + 1, 0)
             if verbose:

@@ -119,6 +119,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tfds_dir):
     resumed = json.loads((killed / "metrics.json").read_text())
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert resumed["optimizer_steps"] == whole["optimizer_steps"] == 360
+    assert resumed["epochs"] == whole["epochs"] == 3
     assert resumed["test_nelbo"] == pytest.approx(whole["test_nelbo"], rel=0.03)
     assert not (killed / "checkpoints").exists()  # cleared once the outputs were written
 
