@@ -33,9 +33,9 @@ def _posterior_draws(z_mean, z_log_var, num, seed):
 def negative_elbo(model, images, seed=0):
     """The single-sample negative ELBO of each image, with beta = 1: (B, H, W, C) -> (B,)."""
     images = tf.convert_to_tensor(images, tf.float32)
-    z_mean, z_log_var = model.encoder(images)
+    z_mean, z_log_var = model.encode(images)
     z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
-    reconstruction = model.likelihood.nll(images, model.decoder(z))
+    reconstruction = model.likelihood.nll(images, model.decode_params(z))
     return reconstruction + losses.kl_divergence(z_mean, z_log_var)
 
 
@@ -53,7 +53,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     so that k = 5000 fits in memory; the chunks are combined with a log-sum-exp.
 
     Args:
-        model: a VAE (anything with `encoder`, `decoder` and `likelihood`).
+        model: a VAE (anything with `encode`, `decode_params` and `likelihood`).
         images: (B, H, W, C) floats.
         num_samples: k, a Python int.
         seed: an int or an int64[2] tensor.
@@ -61,7 +61,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     """
     images = tf.convert_to_tensor(images, tf.float32)
     seed = as_seed(seed)
-    z_mean, z_log_var = model.encoder(images)  # (B, D)
+    z_mean, z_log_var = model.encode(images)  # (B, D)
     batch = tf.shape(images)[0]
     image_shape = images.shape[1:]
     if chunk_size is None:
@@ -76,7 +76,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
         tiled = tf.reshape(
             tf.broadcast_to(images[None], (count, batch, *image_shape)), (-1, *image_shape)
         )  # (c*B, H, W, C)
-        log_px_z = -tf.reshape(model.likelihood.nll(tiled, model.decoder(flat_z)), (count, batch))
+        log_px_z = -tf.reshape(model.likelihood.nll(tiled, model.decode_params(flat_z)), (count, batch))
         log_w = (
             log_px_z
             + losses.log_standard_normal(z)
@@ -88,5 +88,5 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
 
 def kl_per_unit(model, images):
     """The closed-form KL of each latent unit for each image: -> (B, D)."""
-    z_mean, z_log_var = model.encoder(tf.convert_to_tensor(images, tf.float32))
+    z_mean, z_log_var = model.encode(images)
     return losses.kl_per_unit(z_mean, z_log_var)

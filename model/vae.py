@@ -34,9 +34,9 @@ def build_networks(config: ModelConfig):
 def build_likelihood(config: ModelConfig):
     """Returns the decoder likelihood layer that `config.likelihood` names."""
     if config.likelihood == "bernoulli":
-        return BernoulliLikelihood(name="likelihood")
+        return BernoulliLikelihood(name="likelihood", dtype="float32")
     return GaussianLikelihood(
-        config.gaussian_log_scale, config.learn_gaussian_scale, name="likelihood"
+        config.gaussian_log_scale, config.learn_gaussian_scale, name="likelihood", dtype="float32"
     )
 
 
@@ -82,7 +82,7 @@ class VAE(keras.Model):
         self.seed = seed
         # === Layers ===
         self.encoder, self.decoder = build_networks(model_config)
-        self.sampling = Sampling(seed=seed, name="sampling")
+        self.sampling = Sampling(seed=seed, name="sampling", dtype="float32")
         self.likelihood = build_likelihood(model_config)
         # === Metrics ===
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
@@ -113,9 +113,11 @@ class VAE(keras.Model):
         )
 
     def call(self, images, training=None):
-        z_mean, z_log_var = self.encoder(images)  # (B, D), (B, D)
+        # The networks may compute in float16/bfloat16 (mixed precision); encode and
+        # decode_params hand float32 to the sampling, the KL and the likelihood.
+        z_mean, z_log_var = self.encode(images)  # (B, D), (B, D)
         z = self.sampling([z_mean, z_log_var])  # (B, D)
-        params = self.decoder(z)  # (B, H, W, C)
+        params = self.decode_params(z)  # (B, H, W, C)
         kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
         self.add_loss(ops.cast(self.kl_weight(training), kl.dtype) * ops.mean(kl))
         return {"params": params, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl}
@@ -132,12 +134,17 @@ class VAE(keras.Model):
 
     # === Public methods ===
     def encode(self, images):
-        """q(z|x): returns (z_mean, z_log_var), each (B, latent_dim)."""
-        return self.encoder(ops.convert_to_tensor(images, "float32"))
+        """q(z|x): returns (z_mean, z_log_var), each (B, latent_dim), in float32."""
+        z_mean, z_log_var = self.encoder(ops.convert_to_tensor(images, "float32"))
+        return ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32")
+
+    def decode_params(self, z):
+        """The likelihood's parameters for each z (logits or means), in float32."""
+        return ops.cast(self.decoder(ops.convert_to_tensor(z, "float32")), "float32")
 
     def decode(self, z):
         """The decoder's mean image for each z: Bernoulli probabilities or Gaussian means."""
-        return self.likelihood.mean(self.decoder(ops.convert_to_tensor(z, "float32")))
+        return self.likelihood.mean(self.decode_params(z))
 
     def reconstruct(self, images):
         """Decodes the posterior mean of each image: (B, H, W, C) -> (B, H, W, C)."""

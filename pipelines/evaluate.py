@@ -35,7 +35,7 @@ def evaluate(vae, dataset: tf.data.Dataset, *, iwae_k: int, batch_size: int, see
         tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((2,), tf.int64)
     ], reduce_retracing=True)
     def evaluate_batch(images, batch_seed):
-        z_mean, z_log_var = vae.encoder(images)
+        z_mean, z_log_var = vae.encode(images)
         kl_units = losses.kl_per_unit(z_mean, z_log_var)
         nelbo = evaluation.negative_elbo(vae, images, batch_seed)
         iwae = evaluation.iwae_log_likelihood(vae, images, iwae_k, batch_seed, chunk_size=chunk)

@@ -110,7 +110,7 @@ class Trainer:
         return totals
 
     def _validation_batch(self, images, seed):
-        z_mean, z_log_var = self.vae.encoder(images)
+        z_mean, z_log_var = self.vae.encode(images)
         kl_units = tf.reduce_sum(losses.kl_per_unit(z_mean, z_log_var), axis=0)
         nelbo = evaluation.negative_elbo(self.vae, images, seed)
         return tf.reduce_sum(nelbo), kl_units

@@ -135,3 +135,14 @@ def test_resume_with_another_config_is_refused(tmp_path, tfds_dir):
     with pytest.raises(WorkdirError, match="model.latent_dim: 8 -> 2"):
         train(RunConfig().override("model.latent_dim=2").override(f'data.data_dir="{tfds_dir}"'),
               workdir, verbose=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--mixed-precision", "--jit"])
+def test_mixed_precision_and_xla_train(flag, tmp_path, tfds_dir):
+    args = ["--epochs", "1", "--steps-per-epoch", "20", "--batch-size", "64", "--iwae-k", "5",
+            "--eval-examples", "200", "model.hidden_units=[64]", "train.eval_batch_size=200"]
+    run([*VAE, "train", "--workdir", str(tmp_path / "w"), flag, *args])
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 20
+    assert np.isfinite(metrics["test_nelbo"]) and metrics["test_nelbo"] < 545
