@@ -71,6 +71,8 @@ class TrainConfig(ConfigBase):
         early_stopping_patience: stop after N epochs without a better validation
             negative ELBO and keep the best weights (0: off).
         tensorboard: write TensorBoard logs to `workdir/logs`.
+        max_train_seconds: a wall-clock budget for the training steps (0: none);
+            training stops when it is used up, mid-epoch if need be.
     """
 
     epochs: int = 10
@@ -89,6 +91,7 @@ class TrainConfig(ConfigBase):
     checkpoint_every_steps: int = 0
     early_stopping_patience: int = 0
     tensorboard: bool = True
+    max_train_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -96,7 +99,8 @@ class TrainConfig(ConfigBase):
             self.strategy in STRATEGIES,
             f"{name}.strategy must be one of {STRATEGIES}, got {self.strategy!r}",
         )
-        for field_name in ("cpu_replicas", "checkpoint_every_steps", "early_stopping_patience"):
+        for field_name in ("cpu_replicas", "checkpoint_every_steps", "early_stopping_patience",
+                           "max_train_seconds"):
             value = getattr(self, field_name)
             _require(value >= 0, f"{name}.{field_name} must be >= 0, got {value}")
         _require(self.epochs >= 1, f"{name}.epochs must be >= 1, got {self.epochs}")

@@ -71,7 +71,7 @@ def build_model(config: RunConfig) -> VAE:
 
 
 # Fields that may change between a killed run and its resumption.
-_RESUMABLE_CHANGES = {"train.epochs", "train.strategy", "train.cpu_replicas", "train.verbose",
+_RESUMABLE_CHANGES = {"train.epochs", "train.max_train_seconds", "train.strategy", "train.cpu_replicas", "train.verbose",
                       "train.early_stopping_patience", "train.tensorboard", "data.data_dir",
                       "data.download"}
 
@@ -164,7 +164,8 @@ def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, 
              datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)
     history = trainer.fit(datasets.train, datasets.validation, epochs=train_cfg.epochs,
                           steps_per_epoch=datasets.steps_per_epoch,
-                          patience=train_cfg.early_stopping_patience, verbose=verbose)
+                          patience=train_cfg.early_stopping_patience,
+                          max_seconds=train_cfg.max_train_seconds, verbose=verbose)
     return vae, history, trainer
 
 
@@ -229,6 +230,7 @@ def finish(config: RunConfig, vae: VAE, history: History, datasets: Datasets, wo
         optimizer_steps=int(vae.optimizer.iterations.numpy()),
         train_images_per_second=images_per_epoch / statistics.median(steady) if steady else None,
         epoch_seconds=history.train_seconds,
+        train_seconds=history.total_train_seconds,
         dataset=config.data.dataset,
         pictures=sorted(p.name for p in pictures),
     )

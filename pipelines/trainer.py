@@ -40,6 +40,7 @@ class History:
     epochs: list[dict] = field(default_factory=list)  # this process's epochs only
     train_seconds: list[float] = field(default_factory=list)
     completed_epochs: int = 0  # in the whole run, resumed epochs included
+    total_train_seconds: float = 0.0  # this process's time in training steps
 
     def as_dict(self) -> dict[str, list[float]]:
         keys = self.epochs[0].keys() if self.epochs else []
@@ -154,14 +155,17 @@ class Trainer:
 
     # === The loop ===
     def fit(self, train_dataset, val_dataset, *, epochs: int, steps_per_epoch: int,
-            patience: int = 0, verbose: int = 1) -> History:
+            patience: int = 0, max_seconds: float = 0, verbose: int = 1) -> History:
         """Runs the remaining epochs; a repeated `train_dataset` of global batches.
 
         Args:
             patience: stop when `val_loss` has not improved for this many epochs and
                 keep the best weights (0: never stop early).
+            max_seconds: stop training (at the next call boundary, mid-epoch if need be)
+                once this many seconds of training steps have run (0: no limit).
             verbose: 1 progress bar, 2 one line per epoch, 0 silent.
         """
+        budget_used = 0.0
         start_epoch, start_step = self.restore()
         iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset))
         history = History(completed_epochs=start_epoch)
@@ -173,7 +177,11 @@ class Trainer:
             bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose if verbose == 1 else 0)
             totals = np.zeros(4)
             began, epoch_start = time.perf_counter(), step
+            out_of_time = False
             while step < steps_per_epoch:
+                if max_seconds and budget_used + time.perf_counter() - began >= max_seconds:
+                    out_of_time = True
+                    break
                 count = min(STEPS_PER_CALL, steps_per_epoch - step)
                 if self.checkpoint_every_steps:
                     done = int(self.optimizer.iterations.numpy())
@@ -185,7 +193,9 @@ class Trainer:
                         and int(self.optimizer.iterations.numpy()) % self.checkpoint_every_steps == 0):
                     self.save(epoch, step)
             seconds = time.perf_counter() - began
-            if epoch_start == 0:
+            budget_used += seconds
+            history.total_train_seconds = budget_used
+            if epoch_start == 0 and not out_of_time:
                 history.train_seconds.append(seconds)
             val = self.validate(val_dataset)
             logs = {
@@ -198,6 +208,10 @@ class Trainer:
             history.epochs.append(logs)
             history.completed_epochs = epoch + 1
             self._summaries(epoch, logs, val["kl_per_unit"])
+            if out_of_time:
+                log.info("time budget of %.0f s used up in epoch %d (step %d of %d)",
+                         max_seconds, epoch + 1, step, steps_per_epoch)
+                break
             self.save(epoch + 1, 0)
             if verbose:
                 print(f"{steps_per_epoch}/{steps_per_epoch} - {seconds:.0f}s - " + " - ".join(

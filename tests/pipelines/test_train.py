@@ -85,6 +85,15 @@ def test_finished_workdir_needs_overwrite(run):
         train(config, workdir, verbose=0)
 
 
+@pytest.mark.slow
+def test_time_budget_stops_training(tfds_dir, tmp_path):
+    config = small_config(tfds_dir, "train.epochs=1000", "train.max_train_seconds=4",
+                          "train.iwae_k=5", "train.eval_examples=200")
+    metrics = train(config, tmp_path, verbose=0)
+    assert 4 <= metrics["train_seconds"] < 30
+    assert 0 < metrics["optimizer_steps"] < 1000 * 100
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
