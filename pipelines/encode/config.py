@@ -1,0 +1,107 @@
+"""What an encode job reads, writes and how: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from serving import contract as C
+
+INPUT_KINDS = ("tfds", "images", "npy", "tfrecord")
+FORMATS = ("parquet", "tfrecord")
+RUNNERS = ("local", "beam")
+DEFAULT_ROWS_PER_SHARD = 10_000
+
+
+class EncodeError(RuntimeError):
+    """The job cannot run as asked (bad input, bad arguments, existing output); the message
+    names the input, file or flag concerned."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    """An offline batch-encoding job: an exported model, one input, one output folder.
+
+    Args:
+        model: an export's version folder (`<base>/<name>/<version>`), or its model
+            folder holding integer version folders (the latest is used).
+        out: the output folder (shards, `manifest.json`).
+        input_kind: `tfds`, `images` (a folder of PNG/JPEG files), `npy` or `tfrecord`.
+        dataset, split, data_dir: the tfds dataset, split expression and data directory.
+        paths: the folder (`images`), or files / glob patterns (`npy`, `tfrecord`).
+        image_feature, label_feature, id_feature: tf.train.Example feature names of a
+            TFRecord input (the label and id features are optional).
+        resize: resize (bilinear) and convert channels of inputs whose shape differs from
+            the model's; without it such inputs are bad inputs.
+        output_format: `parquet` or `tfrecord`.
+        log_likelihood: add the `log_likelihood` column (IWAE, the export's signature).
+        reconstruction_error: add the per-image mean squared error of `reconstruct`.
+        skip_bad: record bad inputs in the manifest and go on, instead of stopping.
+        overwrite: replace a finished (or differently configured) output.
+        rows_per_shard: inputs per output shard (the unit of resumption).
+        batch_size: images per signature call (at most the contract's MAX_BATCH).
+        runner: `local` (one process, resumable) or `beam` (an Apache Beam pipeline).
+        beam_args: Beam pipeline flags (`--runner=DataflowRunner`, `--project=...`).
+        progress: show a progress bar on stderr (local runner).
+
+    Example:
+        >>> EncodeConfig(model="exports/vae", out="codes/test", input_kind="tfds",
+        ...              dataset="fashion_mnist", split="test")
+    """
+
+    model: str
+    out: str
+    input_kind: str
+    dataset: str | None = None
+    split: str | None = None
+    data_dir: str | None = None
+    paths: tuple[str, ...] = ()
+    image_feature: str = "image"
+    label_feature: str | None = "label"
+    id_feature: str | None = None
+    resize: bool = False
+    output_format: str = "parquet"
+    log_likelihood: bool = False
+    reconstruction_error: bool = False
+    skip_bad: bool = False
+    overwrite: bool = False
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    batch_size: int = C.MAX_BATCH
+    runner: str = "local"
+    beam_args: tuple[str, ...] = ()
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
+        object.__setattr__(self, "beam_args", tuple(self.beam_args))
+        checks = [
+            (bool(self.model), "--model must name an export folder"),
+            (bool(self.out), "--out must name an output folder"),
+            (self.input_kind in INPUT_KINDS, f"input kind must be one of {INPUT_KINDS}, got {self.input_kind!r}"),
+            (self.output_format in FORMATS, f"--format must be one of {FORMATS}, got {self.output_format!r}"),
+            (self.runner in RUNNERS, f"--runner must be one of {RUNNERS}, got {self.runner!r}"),
+            (self.rows_per_shard >= 1, f"--rows-per-shard must be >= 1, got {self.rows_per_shard}"),
+            (1 <= self.batch_size <= C.MAX_BATCH,
+             f"--batch-size must be within [1, {C.MAX_BATCH}] (the serving contract's limit), got {self.batch_size}"),
+        ]
+        if self.input_kind == "tfds":
+            checks.append((bool(self.dataset and self.split), "--dataset needs --split (e.g. --split test)"))
+        else:
+            checks.append((bool(self.paths), f"the {self.input_kind} input needs at least one path"))
+        if self.input_kind == "images":
+            checks.append((len(self.paths) == 1, "--images takes one folder"))
+        if self.input_kind == "tfrecord":
+            checks.append((bool(self.image_feature), "--image-feature must name a feature"))
+        for ok, message in checks:
+            if not ok:
+                raise EncodeError(message)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings, beside the model and the input itself, that decide the output's
+        content: a partial output is resumed only by a job with the same ones. Batch size,
+        runner, progress and `skip_bad` do not count (a run stopped by a bad input may be
+        resumed with --skip-bad)."""
+        keys = ("input_kind", "resize", "output_format", "log_likelihood", "reconstruction_error",
+                "rows_per_shard")
+        return json.loads(json.dumps({k: getattr(self, k) for k in keys}))

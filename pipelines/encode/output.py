@@ -1,0 +1,211 @@
+"""What a job writes: the row schema, Parquet/TFRecord shards, the job state, the manifest.
+
+    <out>/part-00000-of-00007.parquet ...   one row per encoded input
+    <out>/manifest.json                     written last: the output is complete
+    <out>/.encode-state/job.json            while unfinished: the job's identity
+    <out>/.encode-state/part-*.json         while unfinished: each finished shard
+
+A shard is written under a hidden temporary name and renamed when complete; then its
+record goes to `.encode-state/`. Files go through tf.io.gfile (local paths, gs://...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from pipelines.encode.signatures import RECONSTRUCTION_ERROR
+from serving import contract as C
+
+ID, INDEX, LABEL = "id", "index", "label"
+MANIFEST_FILE = "manifest.json"
+STATE_DIR = ".encode-state"
+JOB_FILE = "job.json"
+MANIFEST_VERSION = 1
+EXTENSIONS = {"parquet": "parquet", "tfrecord": "tfrecord"}
+SHARD_RE = re.compile(r"part-\d{5}-of-\d{5}\.(parquet|tfrecord)$")
+PREFIX = "part"  # Beam's file_path_prefix too: part-SSSSS-of-NNNNN.<ext>
+
+
+def join(*parts: str) -> str:
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def shard_name(index: int, count: int, output_format: str) -> str:
+    return f"{PREFIX}-{index:05d}-of-{count:05d}.{EXTENSIONS[output_format]}"
+
+
+# === Rows ===
+def schema(latent_dim: int, columns: list[str], metadata: dict | None = None) -> pa.Schema:
+    """id, index, label, z_mean[D], z_log_var[D] (+ log_likelihood, reconstruction_error)."""
+    fields = [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(INDEX, pa.int64(), nullable=False),
+        pa.field(LABEL, pa.int64()),
+        pa.field(C.Z_MEAN, pa.list_(pa.float32(), latent_dim), nullable=False),
+        pa.field(C.Z_LOG_VAR, pa.list_(pa.float32(), latent_dim), nullable=False),
+    ]
+    fields += [pa.field(key, pa.float32(), nullable=False)
+               for key in (C.LOG_LIKELIHOOD_KEY, RECONSTRUCTION_ERROR) if key in columns]
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    return pa.schema(fields, metadata=meta or None)
+
+
+def to_table(indices, ids, labels, outputs: dict[str, np.ndarray], table_schema: pa.Schema) -> pa.Table:
+    """One row per encoded input, columns as in `schema`."""
+    columns = {ID: pa.array(ids, pa.string()), INDEX: pa.array(indices, pa.int64()),
+               LABEL: pa.array(labels, pa.int64())}
+    for field in table_schema:
+        if field.name in columns:
+            continue
+        values = np.ascontiguousarray(outputs[field.name], np.float32)
+        if pa.types.is_fixed_size_list(field.type):
+            columns[field.name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)),
+                                                                    field.type.list_size)
+        else:
+            columns[field.name] = pa.array(values)
+    return pa.table([columns[f.name] for f in table_schema], schema=table_schema)
+
+
+def to_examples(table: pa.Table) -> list[bytes]:
+    """Rows as serialized tf.train.Example (the TFRecord output): same names as the columns."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    examples = []
+    for row in range(table.num_rows):
+        feature = {}
+        for name, values in columns.items():
+            value = values[row]
+            if value is None:
+                continue
+            if isinstance(value, str):
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+            elif isinstance(value, int):
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+            else:
+                value = value if isinstance(value, list) else [value]
+                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=value))
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return examples
+
+
+# === Files ===
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_record(out: str, name: str) -> dict:
+    """file, rows, bytes and sha256 of a finished shard file."""
+    path = join(out, name)
+    if name.endswith(".parquet"):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            rows = pq.ParquetFile(pa.BufferReader(f.read())).metadata.num_rows
+    else:
+        rows = sum(1 for _ in tf.data.TFRecordDataset(path))
+    return {"file": name, "rows": int(rows), "bytes": int(tf.io.gfile.stat(path).length),
+            "sha256": sha256_of(path)}
+
+
+def write_shard(out: str, name: str, tables: list[pa.Table], table_schema: pa.Schema) -> dict:
+    """Writes the rows of `tables` as shard `name`: a hidden temporary file, then a rename."""
+    table = pa.concat_tables(tables) if tables else table_schema.empty_table()
+    temporary = join(out, f".{name}.tmp")
+    if name.endswith(".parquet"):
+        buffer = pa.BufferOutputStream()
+        # Dictionaries and statistics suit the label and the ids, not the float vectors:
+        # for those they cost time (7x) and make larger files.
+        pq.write_table(table, buffer, use_dictionary=[LABEL], write_statistics=[ID, INDEX, LABEL])
+        data = buffer.getvalue()
+        with tf.io.gfile.GFile(temporary, "wb") as f:
+            f.write(data.to_pybytes())
+        record = {"file": name, "rows": table.num_rows, "bytes": data.size,
+                  "sha256": hashlib.sha256(data).hexdigest()}
+    else:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for example in to_examples(table):
+                writer.write(example)
+        record = shard_record(out, os.path.basename(temporary)) | {"file": name}
+    tf.io.gfile.rename(temporary, join(out, name), overwrite=True)
+    return record
+
+
+def read_json(path: str) -> dict | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, value: dict) -> None:
+    """Writes JSON under a temporary name, then renames it: readers never see half a file."""
+    temporary = path + ".tmp"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+# === Job state ===
+class JobState:
+    """The `.encode-state/` folder of an unfinished job: its identity and finished shards."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.folder = join(out, STATE_DIR)
+
+    def job(self) -> dict | None:
+        return read_json(join(self.folder, JOB_FILE))
+
+    def start(self, identity: dict) -> None:
+        tf.io.gfile.makedirs(self.folder)
+        write_json(join(self.folder, JOB_FILE), identity)
+
+    def finished(self, name: str) -> dict | None:
+        """The record of shard `name` if it was finished and its file is still intact."""
+        record = read_json(join(self.folder, name + ".json"))
+        path = join(self.out, name)
+        if record is None or not tf.io.gfile.exists(path):
+            return None
+        if tf.io.gfile.stat(path).length != record["bytes"] or sha256_of(path) != record["sha256"]:
+            return None
+        return record
+
+    def finish(self, record: dict) -> None:
+        write_json(join(self.folder, record["file"] + ".json"), record)
+
+    def clear(self) -> None:
+        if tf.io.gfile.exists(self.folder):
+            tf.io.gfile.rmtree(self.folder)
+
+
+def is_ours(name: str) -> bool:
+    """Whether a file in an output folder was written by an encode job."""
+    name = name.rstrip("/")
+    return (name in (MANIFEST_FILE, MANIFEST_FILE + ".tmp", STATE_DIR) or SHARD_RE.match(name) is not None
+            or (name.startswith(f".{PREFIX}-") and name.endswith(".tmp")) or name.startswith("beam-temp-"))
+
+
+def remove_outputs(out: str, keep_state: bool = False, only_beam_temporary: bool = False) -> None:
+    """Deletes what encode jobs wrote in `out` (nothing else); with `only_beam_temporary`,
+    just the `beam-temp-*` folders a killed Beam run leaves."""
+    for name in tf.io.gfile.listdir(out):
+        name = name.rstrip("/")
+        if not is_ours(name) or (keep_state and name == STATE_DIR):
+            continue
+        if only_beam_temporary and not name.startswith("beam-temp-"):
+            continue
+        path = join(out, name)
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)

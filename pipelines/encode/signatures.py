@@ -1,0 +1,178 @@
+"""The exported model as the batch encoder sees it: a SavedModel and its signatures.
+
+Nothing here imports `model/` or Keras: the export is loaded with `tf.saved_model.load`
+and called through the same `encode`, `reconstruct` and `log_likelihood` signatures the
+server uses, so an export written by any version of the training code can be encoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.encode.config import EncodeError
+from serving import contract as C
+
+RECONSTRUCTION_ERROR = "reconstruction_error"  # an output column, not a signature key
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportInfo:
+    """Where an export is and what it expects.
+
+    Args:
+        path: the version folder holding `saved_model.pb`.
+        model_name: the served name (from `serving_contract.json`, else the parent folder).
+        version: the integer version folder name, or None for a folder named otherwise.
+        image_shape: (H, W, C) of the `encode` signature's `images` input.
+        latent_dim: D, the width of `z_mean` and `z_log_var`.
+    """
+
+    path: str
+    model_name: str
+    version: int | None
+    image_shape: tuple[int, int, int]
+    latent_dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.model_name, "version": self.version, "path": self.path,
+                "image_shape": list(self.image_shape), "latent_dim": self.latent_dim}
+
+
+def _join(*parts: str) -> str:
+    """Joins a local path or a URL (gs://...) that tf.io.gfile reads."""
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def _is_version_dir(path: str) -> bool:
+    return tf.io.gfile.exists(_join(path, C.SAVED_MODEL_FILE))
+
+
+def resolve_version_dir(path: str) -> str:
+    """The version folder of `path`: itself, or the highest integer sub-folder with a model.
+
+    Raises:
+        EncodeError: no SavedModel there.
+    """
+    if "://" not in path:
+        path = os.path.abspath(path)
+    if not tf.io.gfile.isdir(path):
+        raise EncodeError(f"--model {path} does not exist (expected an export folder)")
+    if _is_version_dir(path):
+        return path
+    versions = sorted(
+        (int(name.rstrip("/")) for name in tf.io.gfile.listdir(path) if name.rstrip("/").isdigit()),
+        reverse=True,
+    )
+    for version in versions:
+        if _is_version_dir(_join(path, str(version))):
+            return _join(path, str(version))
+    raise EncodeError(
+        f"--model {path} holds no SavedModel: expected {C.SAVED_MODEL_FILE} in it, or in an "
+        f"integer version folder under it (<base>/<model_name>/<version>/{C.SAVED_MODEL_FILE})"
+    )
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except (tf.errors.NotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def describe_export(path: str, loaded=None) -> ExportInfo:
+    """Reads name, version, image shape and latent size of the export at `path`.
+
+    The image shape comes from the `encode` signature's input; dimensions it leaves open
+    are taken from `assets.extra/config.json` (`model.image_shape`).
+    """
+    version_dir = resolve_version_dir(path)
+    loaded = loaded if loaded is not None else tf.saved_model.load(version_dir)
+    if C.ENCODE not in loaded.signatures:
+        raise EncodeError(f"the export at {version_dir} has no {C.ENCODE!r} signature "
+                          f"(signatures: {sorted(loaded.signatures.keys())})")
+    encode = loaded.signatures[C.ENCODE]
+    images_spec = encode.structured_input_signature[1][C.IMAGES]
+    extra = _join(version_dir, C.ASSETS_EXTRA)
+    config_shape = (_read_json(_join(extra, C.CONFIG_FILE)).get("model") or {}).get("image_shape")
+    shape = list(images_spec.shape)[1:]
+    if any(d is None for d in shape):
+        if not config_shape:
+            raise EncodeError(f"cannot tell the image shape of the export at {version_dir}: the "
+                              f"{C.ENCODE!r} signature takes {images_spec.shape} and "
+                              f"{C.ASSETS_EXTRA}/{C.CONFIG_FILE} has no model.image_shape")
+        shape = [d if d is not None else int(c) for d, c in zip(shape, config_shape)]
+    latent_dim = encode.structured_outputs[C.Z_MEAN].shape[-1]
+    name = _read_json(_join(extra, C.CONTRACT_FILE)).get("model_name")
+    folder = posixpath.basename(version_dir.rstrip("/"))
+    parent = posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
+    return ExportInfo(
+        path=version_dir,
+        model_name=name or parent,
+        version=int(folder) if folder.isdigit() else None,
+        image_shape=tuple(int(d) for d in shape),
+        latent_dim=int(latent_dim),
+    )
+
+
+def output_keys(log_likelihood: bool, reconstruction_error: bool) -> list[str]:
+    """The per-image outputs of an encode job, in column order."""
+    return ([C.Z_MEAN, C.Z_LOG_VAR] + [C.LOG_LIKELIHOOD_KEY] * log_likelihood
+            + [RECONSTRUCTION_ERROR] * reconstruction_error)
+
+
+class Encoder:
+    """Encodes batches of float32 images in [0, 1] with an export's signatures.
+
+    Args:
+        path: an export (see `resolve_version_dir`).
+        log_likelihood: also return the `log_likelihood` signature's score per image.
+        reconstruction_error: also return the mean squared error, over pixels, between
+            each image and the `reconstruct` signature's output.
+
+    Example:
+        >>> encoder = Encoder("exports/vae")
+        >>> outputs = encoder(images)  # {"z_mean": (N, D), "z_log_var": (N, D)}
+    """
+
+    def __init__(self, path: str, log_likelihood: bool = False, reconstruction_error: bool = False):
+        self.info_path = resolve_version_dir(path)
+        self._loaded = tf.saved_model.load(self.info_path)
+        self.info = describe_export(self.info_path, self._loaded)
+        needed = [C.ENCODE] + [C.LOG_LIKELIHOOD] * log_likelihood + [C.RECONSTRUCT] * reconstruction_error
+        missing = [name for name in needed if name not in self._loaded.signatures]
+        if missing:
+            raise EncodeError(f"the export at {self.info_path} lacks the signature(s) {missing}")
+        self._encode = self._loaded.signatures[C.ENCODE]
+        self._log_likelihood = self._loaded.signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
+        self._reconstruct = self._loaded.signatures[C.RECONSTRUCT] if reconstruction_error else None
+
+    def output_keys(self) -> list[str]:
+        return output_keys(self._log_likelihood is not None, self._reconstruct is not None)
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, H, W, C) float32 -> columns by name, each with N rows."""
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in self.output_keys()}
+        for start in range(0, len(images), C.MAX_BATCH):  # the signatures take MAX_BATCH rows
+            chunk = tf.constant(images[start:start + C.MAX_BATCH])
+            encoded = self._encode(**{C.IMAGES: chunk})
+            parts[C.Z_MEAN].append(encoded[C.Z_MEAN].numpy())
+            parts[C.Z_LOG_VAR].append(encoded[C.Z_LOG_VAR].numpy())
+            if self._log_likelihood is not None:
+                scores = self._log_likelihood(**{C.IMAGES: chunk})[C.LOG_LIKELIHOOD_KEY]
+                parts[C.LOG_LIKELIHOOD_KEY].append(scores.numpy())
+            if self._reconstruct is not None:
+                recon = self._reconstruct(**{C.IMAGES: chunk})[C.IMAGES]
+                error = tf.reduce_mean(tf.math.squared_difference(recon, chunk), axis=[1, 2, 3])
+                parts[RECONSTRUCTION_ERROR].append(error.numpy())
+        if not len(images):
+            width = {C.Z_MEAN: (0, self.info.latent_dim), C.Z_LOG_VAR: (0, self.info.latent_dim)}
+            return {key: np.zeros(width.get(key, (0,)), np.float32) for key in parts}
+        return {key: np.concatenate(values) for key, values in parts.items()}

@@ -1,0 +1,264 @@
+"""The inputs a job encodes: a folder of images and .npy arrays here; a tfds split in
+`datasets`, TFRecord files in `tfrecords`.
+
+Each source lists its inputs in a fixed order when opened, so input number `i` is the
+same input on every run (that is what makes shards resumable), and reads any range of
+positions as batches of float32 images in [0, 1] of the model's shape. Sources hold only
+plain data, so a Beam runner can pickle them to its workers; readers open lazily.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines.encode import images as I
+from pipelines.encode.config import EncodeConfig, EncodeError
+
+
+@dataclasses.dataclass
+class Batch:
+    """Consecutive positions of a source: the encodable rows and the bad inputs left out."""
+
+    indices: list[int]
+    ids: list[str]
+    labels: list[int | None]
+    images: np.ndarray  # (B, H, W, C) float32 in [0, 1]
+    bad: list[dict]  # {"index", "id", "reason"}
+
+    def split(self, position: int) -> tuple[Batch, Batch]:
+        """(the part before input `position`, the part from it on)."""
+        cut = int(np.searchsorted(self.indices, position))
+        before = [b for b in self.bad if b["index"] < position]
+        after = [b for b in self.bad if b["index"] >= position]
+        return (Batch(self.indices[:cut], self.ids[:cut], self.labels[:cut], self.images[:cut], before),
+                Batch(self.indices[cut:], self.ids[cut:], self.labels[cut:], self.images[cut:], after))
+
+
+def _empty_batch(image_shape) -> Batch:
+    return Batch([], [], [], np.zeros((0, *image_shape), np.float32), [])
+
+
+def _assemble(items, image_shape) -> Batch:
+    """[(index, id, label, image or BadInput)] -> Batch."""
+    batch = _empty_batch(image_shape)
+    good = []
+    for index, key, label, image in items:
+        if isinstance(image, BaseException):
+            batch.bad.append({"index": index, "id": key, "reason": str(image)})
+        else:
+            batch.indices.append(index)
+            batch.ids.append(key)
+            batch.labels.append(label)
+            good.append(image)
+    if good:
+        batch.images = np.stack(good)
+    return batch
+
+
+def _array_batch(indices, ids, labels, raw: np.ndarray, image_shape, resize) -> Batch:
+    """A block of same-shape raw pixels -> Batch, NaN/out-of-range rows left out."""
+    pixels = I.to_unit_float(raw if raw.ndim == 4 else raw[..., None])
+    bad = {} if raw.dtype == np.uint8 else I.bad_rows(pixels, I.scale_of(raw.dtype))
+    keep = [i for i in range(len(ids)) if i not in bad]
+    return Batch(
+        indices=[indices[i] for i in keep],
+        ids=[ids[i] for i in keep],
+        labels=[labels[i] for i in keep],
+        images=I.conform_batch(pixels[keep] if bad else pixels, image_shape, resize),
+        bad=[{"index": indices[i], "id": ids[i], "reason": r} for i, r in sorted(bad.items())],
+    )
+
+
+def _expand(patterns, what: str) -> list[str]:
+    """Files named or matched by glob patterns, each pattern's matches sorted, no repeats."""
+    files: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(tf.io.gfile.glob(pattern))
+            if not matches:
+                raise EncodeError(f"{what} pattern {pattern} matches no file")
+        elif tf.io.gfile.exists(pattern) and not tf.io.gfile.isdir(pattern):
+            matches = [pattern]
+        else:
+            raise EncodeError(f"{what} file {pattern} does not exist")
+        files += [m if "://" in m else os.path.abspath(m) for m in matches if m not in files]
+    return files
+
+
+def _names(files: list[str]) -> list[str]:
+    """Short, unique names for ids: paths relative to the files' common folder."""
+    if len(files) == 1:
+        return [os.path.basename(files[0])]
+    common = os.path.commonpath([os.path.dirname(f) for f in files])
+    return [os.path.relpath(f, common) for f in files]
+
+
+def _size(path: str) -> int:
+    return tf.io.gfile.stat(path).length
+
+
+class Source:
+    """An ordered collection of inputs (see the module docstring)."""
+
+    kind = ""
+    has_labels = False
+    _transient: tuple[str, ...] = ()
+
+    def __init__(self, config: EncodeConfig, image_shape):
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.problems: list[dict] = []  # file-level bad inputs found when opening (with --skip-bad)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What the input is, for the manifest (and, less `location`, the job's identity)."""
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        return {k: v for k, v in self.describe().items() if k != "location"}
+
+    def batches(self, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
+        """Positions [start, stop) in order, `batch_size` positions per Batch."""
+        raise NotImplementedError
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._transient}
+
+
+# === A folder of image files ===
+class ImageFolderSource(Source):
+    """PNG and JPEG files under a folder (recursively), in sorted order of their relative
+    paths, which are their ids. No labels."""
+
+    kind = "images"
+    _transient = ("_pool",)
+
+    def __init__(self, config: EncodeConfig, image_shape):
+        super().__init__(config, image_shape)
+        root = config.paths[0]
+        self.root = root if "://" in root else os.path.abspath(root)
+        if not tf.io.gfile.isdir(self.root):
+            raise EncodeError(f"--images {self.root} is not a folder")
+        names = []
+        for folder, _, files in tf.io.gfile.walk(self.root):
+            rel = os.path.relpath(folder, self.root)
+            names += [os.path.normpath(os.path.join(rel, f)).replace(os.sep, "/")
+                      for f in files if f.lower().endswith(I.IMAGE_EXTENSIONS)]
+        self.names = sorted(names)
+        if not self.names:
+            raise EncodeError(f"--images {self.root} holds no {'/'.join(I.IMAGE_EXTENSIONS)} files")
+        listing = "".join(f"{n}\t{_size(os.path.join(self.root, n))}\n" for n in self.names)
+        self.fingerprint = hashlib.sha256(listing.encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "folder": self.root, "num_inputs": len(self.names),
+                "listing_sha256": self.fingerprint}
+
+    def _read(self, index: int):
+        name = self.names[index]
+        try:
+            with tf.io.gfile.GFile(os.path.join(self.root, name), "rb") as f:
+                data = f.read()
+            image = I.conform(I.decode_image(data), self.image_shape, self.config.resize)
+        except I.BadInput as err:
+            image = err
+        except (OSError, tf.errors.OpError) as err:
+            image = I.BadInput(f"cannot read the file: {err}")
+        return index, name, None, image
+
+    def batches(self, start, stop, batch_size):
+        if getattr(self, "_pool", None) is None:  # Pillow decodes without holding the GIL
+            self._pool = concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2))
+        for first in range(start, stop, batch_size):
+            items = list(self._pool.map(self._read, range(first, min(first + batch_size, stop))))
+            yield _assemble(items, self.image_shape)
+
+
+# === .npy arrays ===
+class NpySource(Source):
+    """Images in .npy files of shape (N, H, W) or (N, H, W, C): uint8/integer 0..255 or
+    float 0..1, read through a memory map. Ids are `<file>:<row>`. No labels."""
+
+    kind = "npy"
+    _transient = ("_arrays",)
+
+    def __init__(self, config: EncodeConfig, image_shape):
+        super().__init__(config, image_shape)
+        self.files = _expand(config.paths, "--npy")
+        self.names = _names(self.files)
+        self.shapes, self.dtypes = [], []
+        for path in self.files:
+            array = self._open(path)
+            shape = array.shape[1:] + ((1,) if array.ndim == 3 else ())
+            if array.ndim not in (3, 4) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+                raise EncodeError(f"{path} holds a {array.dtype} array of shape {array.shape}; "
+                                  f"expected images (N, H, W) or (N, H, W, C) of numbers")
+            if shape != self.image_shape and not config.resize:
+                raise EncodeError(f"{path} holds {I.shape_text(shape)} images, the model expects "
+                                  f"{I.shape_text(self.image_shape)}; pass --resize")
+            self.shapes.append(list(array.shape))
+            self.dtypes.append(str(array.dtype))
+        self.offsets = np.cumsum([0] + [s[0] for s in self.shapes]).tolist()
+
+    @staticmethod
+    def _open(path: str) -> np.ndarray:
+        try:
+            if "://" not in path:
+                return np.load(path, mmap_mode="r", allow_pickle=False)
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise EncodeError(f"cannot read {path} as a .npy array: {err}") from None
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def describe(self) -> dict:
+        files = [{"path": p, "shape": s, "dtype": d, "bytes": _size(p)}
+                 for p, s, d in zip(self.files, self.shapes, self.dtypes)]
+        return {"kind": self.kind, "files": files, "num_inputs": len(self)}
+
+    def batches(self, start, stop, batch_size):
+        if getattr(self, "_arrays", None) is None:
+            self._arrays = [self._open(p) for p in self.files]
+        for first in range(start, stop, batch_size):
+            last = min(first + batch_size, stop)
+            while first < last:  # a batch may span two files: one block per file
+                f = int(np.searchsorted(self.offsets, first, side="right")) - 1
+                end = min(last, self.offsets[f + 1])
+                rows = range(first - self.offsets[f], end - self.offsets[f])
+                raw = np.asarray(self._arrays[f][rows.start:rows.stop])
+                ids = [f"{self.names[f]}:{r}" for r in rows]
+                yield _array_batch(list(range(first, end)), ids, [None] * len(ids), raw,
+                                   self.image_shape, self.config.resize)
+                first = end
+
+
+def open_source(config: EncodeConfig, image_shape) -> Source:
+    """The source `config` names, opened (listed and checked) for a model of `image_shape`.
+
+    Raises:
+        EncodeError: the input does not exist, cannot be listed, or cannot fit the model.
+    """
+    if config.input_kind == "tfrecord":
+        from pipelines.encode.tfrecords import TFRecordSource
+
+        return TFRecordSource(config, image_shape)
+    if config.input_kind == "tfds":
+        from pipelines.encode.datasets import TfdsSource
+
+        return TfdsSource(config, image_shape)
+    kinds = {"images": ImageFolderSource, "npy": NpySource}
+    return kinds[config.input_kind](config, image_shape)

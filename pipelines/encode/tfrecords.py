@@ -1,0 +1,150 @@
+"""TFRecord files of serialized tf.train.Example as an input.
+
+The image feature (`--image-feature`, default `image`) holds encoded PNG/JPEG bytes, or
+the raw H*W*C pixels of the model's shape: one bytes value of uint8 pixels, a float list
+in [0, 1] or an int64 list in 0..255. An optional label feature (int64) fills the label
+column; an optional id feature (bytes or int64) replaces the default id `<file>:<record>`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+
+from pipelines.encode import images as I
+from pipelines.encode.config import EncodeConfig, EncodeError
+from pipelines.encode.sources import Source, _assemble, _expand, _names, _size
+
+
+def _count_records(path: str) -> tuple[int, str | None]:
+    """(records readable from the start, the error that stopped the reading or None)."""
+    try:
+        return int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)), None
+    except tf.errors.OpError:
+        pass
+    count, records = 0, iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            next(records)
+        except StopIteration:
+            return count, None
+        except tf.errors.OpError as err:
+            return count, _tf_message(err)
+        count += 1
+
+
+def _tf_message(err: tf.errors.OpError) -> str:
+    """A TensorFlow error's message without its `{{function_node ...}}` and `[Op:...]` noise."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", (err.message or type(err).__name__).splitlines()[0])
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
+
+
+class TFRecordSource(Source):
+    """Records of TFRecord files (globs allowed), file by file in sorted order."""
+
+    kind = "tfrecord"
+
+    def __init__(self, config: EncodeConfig, image_shape):
+        super().__init__(config, image_shape)
+        self.files = _expand(config.paths, "--tfrecord")
+        self.names = _names(self.files)
+        self.counts = []
+        for name, path in zip(self.names, self.files):
+            count, error = _count_records(path)
+            if error is not None:
+                problem = {"index": None, "id": f"{name}:{count}",
+                           "reason": f"corrupt TFRecord data from record {count} on ({error}); the "
+                                     f"rest of the file is unreadable"}
+                if not config.skip_bad:
+                    raise EncodeError(f"bad input {problem['id']}: {problem['reason']} (pass --skip-bad "
+                                      f"to encode the readable records and record this in the manifest)")
+                self.problems.append(problem)
+            self.counts.append(count)
+        self.offsets = np.cumsum([0] + self.counts).tolist()
+        self.has_labels = config.label_feature is not None
+        self.pixels = math.prod(self.image_shape)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def describe(self) -> dict:
+        files = [{"path": p, "records": n, "bytes": _size(p)} for p, n in zip(self.files, self.counts)]
+        return {"kind": self.kind, "files": files, "image_feature": self.config.image_feature,
+                "label_feature": self.config.label_feature, "id_feature": self.config.id_feature,
+                "num_inputs": len(self)}
+
+    # === One record ===
+    def _pixels(self, feature) -> np.ndarray:
+        kind = feature.WhichOneof("kind")
+        name = self.config.image_feature
+        if kind == "bytes_list":
+            if len(feature.bytes_list.value) != 1:
+                raise I.BadInput(f"feature {name!r} holds {len(feature.bytes_list.value)} byte strings, expected 1")
+            data = feature.bytes_list.value[0]
+            if I.looks_encoded(data):
+                return I.decode_image(data)
+            if len(data) == self.pixels:
+                return np.frombuffer(data, np.uint8).reshape(self.image_shape)
+            raise I.BadInput(f"feature {name!r} holds {len(data)} bytes that are neither a PNG/JPEG image "
+                             f"nor {I.shape_text(self.image_shape)} = {self.pixels} raw uint8 pixels")
+        if kind in ("float_list", "int64_list"):
+            values = getattr(feature, kind).value
+            if len(values) != self.pixels:
+                raise I.BadInput(f"feature {name!r} holds {len(values)} values, expected "
+                                 f"{I.shape_text(self.image_shape)} = {self.pixels} pixels")
+            dtype = np.float32 if kind == "float_list" else np.int64
+            return np.asarray(values, dtype).reshape(self.image_shape)
+        raise I.BadInput(f"feature {name!r} is empty")
+
+    def _parse(self, record: bytes, key: str):
+        """-> (id, label, image or BadInput)."""
+        try:
+            features = tf.train.Example.FromString(record).features.feature
+        except DecodeError as err:
+            return key, None, I.BadInput(f"not a serialized tf.train.Example: {err}")
+        label = None
+        if self.config.label_feature and self.config.label_feature in features:
+            values = features[self.config.label_feature].int64_list.value
+            label = int(values[0]) if values else None
+        id_name = self.config.id_feature
+        if id_name:
+            if id_name not in features:
+                return key, label, I.BadInput(f"no id feature {id_name!r}")
+            feature = features[id_name]
+            values = feature.bytes_list.value or feature.int64_list.value
+            if len(values) != 1:
+                return key, label, I.BadInput(f"id feature {id_name!r} must hold one value")
+            key = values[0].decode("utf-8", "replace") if isinstance(values[0], bytes) else str(values[0])
+        if self.config.image_feature not in features:
+            return key, label, I.BadInput(f"no feature {self.config.image_feature!r} "
+                                          f"(features: {sorted(features.keys())}); see --image-feature")
+        try:
+            image = I.conform(self._pixels(features[self.config.image_feature]), self.image_shape,
+                              self.config.resize)
+        except I.BadInput as err:
+            image = err
+        return key, label, image
+
+    def batches(self, start, stop, batch_size):
+        items = []
+        for f, (name, path) in enumerate(zip(self.names, self.files)):
+            first, last = max(start, self.offsets[f]), min(stop, self.offsets[f + 1])
+            if first >= last:
+                continue
+            skip = first - self.offsets[f]
+            ds = tf.data.TFRecordDataset(path).skip(skip).take(last - first).batch(256).prefetch(2)
+            record_number = skip
+            for records in ds.as_numpy_iterator():
+                for record in records:
+                    key, label, image = self._parse(record, f"{name}:{record_number}")
+                    items.append((self.offsets[f] + record_number, key, label, image))
+                    record_number += 1
+                    if len(items) == batch_size:
+                        yield _assemble(items, self.image_shape)
+                        items = []
+        if items:
+            yield _assemble(items, self.image_shape)

@@ -1,0 +1,155 @@
+"""`vae encode`: encode a dataset, a folder of images, .npy or TFRecord files with an export.
+
+`register(subparsers)` adds the subcommand to the `vae` console script; `main(argv)` runs
+it alone (`python -m pipelines.encode_cli ...`). Only this module parses flags; the work
+is `pipelines.encode.encode(EncodeConfig)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CPU machines
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+EXAMPLES = """\
+examples:
+  vae encode --model exports/vae --dataset fashion_mnist --split test --out codes/fmnist-test
+  vae encode --model exports/vae/3 --images photos/ --resize --skip-bad --out codes/photos
+  vae encode --model exports/vae --npy batch.npy --reconstruction-error --out codes/batch
+  vae encode --model exports/vae --tfrecord 'data/*.tfrecord' --image-feature image/encoded \\
+      --format tfrecord --out codes/records
+  vae encode --model gs://bucket/exports/vae --dataset fashion_mnist --split train \\
+      --out gs://bucket/codes/train --runner beam -- --runner=DataflowRunner \\
+      --project=my-project --region=europe-west1 --temp_location=gs://bucket/tmp
+"""
+
+
+def register(subparsers) -> None:
+    """Adds `encode` to an argparse subparsers object; its func returns an exit code."""
+    from pipelines.encode.config import DEFAULT_ROWS_PER_SHARD
+    from serving.contract import MAX_BATCH
+
+    p = subparsers.add_parser(
+        "encode",
+        help="batch-encode images to latent codes with an exported model (Parquet/TFRecord shards)",
+        description="Encodes every input image with the export's `encode` signature and writes one "
+        "row per input (id, label, z_mean, z_log_var, ...) to sharded Parquet or TFRecord files and "
+        "manifest.json in --out. Killed runs resume where they stopped when the same command runs "
+        "again.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True,
+                   help="export folder: a version folder, or the model folder (latest version)")
+    p.add_argument("--out", required=True, help="output folder")
+
+    given = p.add_argument_group("input (exactly one of --dataset, --images, --npy, --tfrecord)")
+    kind = given.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--dataset", help="tensorflow-datasets image dataset, e.g. fashion_mnist")
+    kind.add_argument("--images", metavar="DIR", help="folder of PNG/JPEG files (searched recursively)")
+    kind.add_argument("--npy", nargs="+", metavar="FILE", help=".npy files or globs: (N,H,W[,C]), "
+                      "uint8 0..255 or float 0..1")
+    kind.add_argument("--tfrecord", nargs="+", metavar="FILE",
+                      help="TFRecord files or globs of serialized tf.train.Example")
+    given.add_argument("--split", help="tfds split expression, e.g. test, train[:10%%], train+test")
+    given.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR"),
+                       help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    given.add_argument("--image-feature", default="image", help="TFRecord image feature (default image)")
+    given.add_argument("--label-feature", default="label",
+                       help="TFRecord int64 label feature, '' for none (default label, if present)")
+    given.add_argument("--id-feature", help="TFRecord feature to use as the row id")
+    given.add_argument("--resize", action="store_true",
+                       help="resize (bilinear) and convert channels of images of another shape "
+                       "instead of rejecting them")
+
+    written = p.add_argument_group("output")
+    written.add_argument("--format", choices=["parquet", "tfrecord"], default="parquet")
+    written.add_argument("--log-likelihood", action="store_true",
+                         help="add log_likelihood (IWAE estimate of log p(x), nats; slow)")
+    written.add_argument("--reconstruction-error", action="store_true",
+                         help="add reconstruction_error (mean squared error of `reconstruct`)")
+    written.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD,
+                         help=f"inputs per shard file (default {DEFAULT_ROWS_PER_SHARD})")
+    written.add_argument("--skip-bad", action="store_true",
+                         help="skip bad inputs and list them in the manifest instead of stopping")
+    written.add_argument("--overwrite", action="store_true",
+                         help="replace a finished output, or a partial one of other arguments")
+
+    run = p.add_argument_group("running")
+    run.add_argument("--batch-size", type=int, default=MAX_BATCH, help=f"images per call (max {MAX_BATCH})")
+    run.add_argument("--runner", choices=["local", "beam"], default="local",
+                     help="local: one resumable process; beam: an Apache Beam pipeline")
+    run.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a Beam pipeline option, e.g. direct_num_workers=2 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("beam_args", nargs="*", metavar="-- BEAM_FLAG",
+                   help="after --: Beam flags as Beam spells them, e.g. --runner=FlinkRunner")
+    p.set_defaults(func=run_encode)
+
+
+def config_from_args(args):
+    """The EncodeConfig of parsed `vae encode` arguments."""
+    from pipelines.encode import EncodeConfig, EncodeError
+
+    beam_args = [f"--{o}" if not o.startswith("--") else o for o in args.beam_option] + list(args.beam_args)
+    if any("=" not in o for o in args.beam_option):
+        raise EncodeError("--beam-option takes KEY=VALUE, e.g. --beam-option direct_num_workers=2")
+    if beam_args and args.runner != "beam":
+        raise EncodeError(f"Beam flags {beam_args} need --runner beam")
+    if any(not a.startswith("-") for a in args.beam_args):
+        raise EncodeError(f"unexpected arguments {args.beam_args}: Beam flags go after -- and start with --")
+    if args.split and not args.dataset:
+        raise EncodeError("--split goes with --dataset")
+    kind, paths = next((k, v) for k, v in (("tfds", args.dataset), ("images", args.images),
+                                           ("npy", args.npy), ("tfrecord", args.tfrecord)) if v)
+    return EncodeConfig(
+        model=args.model, out=args.out, input_kind=kind,
+        dataset=args.dataset, split=args.split, data_dir=args.data_dir,
+        paths=() if kind == "tfds" else ([paths] if isinstance(paths, str) else paths),
+        image_feature=args.image_feature, label_feature=args.label_feature or None,
+        id_feature=args.id_feature, resize=args.resize, output_format=args.format,
+        log_likelihood=args.log_likelihood, reconstruction_error=args.reconstruction_error,
+        skip_bad=args.skip_bad, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
+        batch_size=args.batch_size, runner=args.runner, beam_args=tuple(beam_args),
+        progress=not args.no_progress,
+    )
+
+
+def run_encode(args) -> int:
+    """Runs `vae encode`; prints a summary, or the error and returns 2."""
+    from pipelines.encode import EncodeError, encode
+
+    try:
+        manifest = encode(config_from_args(args))
+    except EncodeError as err:
+        print(f"vae encode: error: {err}", file=sys.stderr)
+        return 2
+    model = manifest["model"]
+    print(f"encoded {manifest['rows']} of {manifest['num_inputs']} inputs ({manifest['num_skipped']} "
+          f"skipped) with {model['name']} version {model['version']} in "
+          f"{manifest['runner']['wall_seconds']:.1f} s: {len(manifest['shards'])} {manifest['format']} "
+          f"shards and manifest.json in {os.path.abspath(args.out) if '://' not in args.out else args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.encode_cli ARGS` = `vae encode ARGS`."""
+    parser = argparse.ArgumentParser(prog="vae")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["encode", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("vae encode: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
