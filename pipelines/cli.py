@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
+    from pipelines import encode_cli, tune_cli
+    from serving import cli as serving_cli
+
+    tune_cli.register(subparsers)
+    serving_cli.register(subparsers)  # export, serve, generate
+    encode_cli.register(subparsers)
     return parser
 
 

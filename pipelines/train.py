@@ -5,6 +5,7 @@ Workdir layout:
     checkpoints/     model, optimizer and progress while a run is unfinished
     logs/            TensorBoard: losses, KL per latent unit, learning rate, samples
     model.keras      the trained model (written atomically)
+    exports/NAME/N/  the SavedModel served by TF Serving (one version per finished run)
     history.json     per-epoch losses
     metrics.json     test metrics and training speed (written last: marks a finished run)
     *.png            samples, reconstructions, and for a 2-D latent the latent space
@@ -35,6 +36,7 @@ from pipelines.distribute import Cluster, make_cluster
 from pipelines.evaluate import evaluate
 from pipelines.optimizers import FusedAdam
 from pipelines.trainer import History, Trainer
+from serving.export import export_model
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
+EXPORT_DIR = "exports"
 LOG_DIR = "logs"
 
 
@@ -105,7 +108,7 @@ def _check_workdir(workdir: Path, config: RunConfig, overwrite: bool) -> None:
             )
 
 
-def _set_precision(config: RunConfig) -> None:
+def set_precision(config: RunConfig) -> None:
     if config.train.mixed_precision:
         policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
         keras.mixed_precision.set_global_policy(policy)
@@ -188,7 +191,7 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     keras.utils.set_random_seed(config.train.seed)
-    _set_precision(config)
+    set_precision(config)
     config, datasets = load_datasets(config)
     if cluster.is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -198,8 +201,10 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     if not cluster.is_chief:
         return {}
     metrics = finish(config, vae, history, datasets, workdir, verbose=verbose)
-    metrics.update(replicas=cluster.replicas, strategy=cluster.name,
-                   wall_seconds=time.perf_counter() - started)
+    metrics.update(replicas=cluster.replicas, strategy=cluster.name)
+    version_dir = export_model(vae, workdir / EXPORT_DIR, config.train.model_name,
+                               run_config=config.to_dict(), metrics=metrics)
+    metrics.update(export=str(version_dir), wall_seconds=time.perf_counter() - started)
     write_json_atomic(workdir / METRICS_FILE, metrics)
     trainer.clear_checkpoints()
     return metrics

@@ -57,6 +57,10 @@ def test_outputs_are_written(run):
     assert RunConfig.load(workdir / "config.json") == config
     assert (workdir / "model.keras").is_file() and not (workdir / "checkpoints").exists()
     assert on_disk["optimizer_steps"] == 200
+    export = workdir / "exports" / "vae" / "1"
+    assert on_disk["export"] == str(export) and (export / "saved_model.pb").is_file()
+    assert json.loads((export / "assets.extra" / "metrics.json").read_text())["test_nelbo"] == \
+        pytest.approx(on_disk["test_nelbo"])
     for name in ("samples.png", "reconstructions.png", "latent_scatter.png", "manifold.png"):
         with Image.open(workdir / name) as picture:
             picture.verify()

@@ -1,0 +1,140 @@
+"""`vae tune`: search model and optimiser settings with keras-tuner, export the best model.
+
+`register(subparsers)` adds the subcommand to the `vae` console script; `main(argv)` runs
+it alone (`python -m pipelines.tune_cli ARGS`). Only this module parses flags; the work
+is `pipelines.tune.tune(config, workdir, TuneSettings)`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CPU machines
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+EXAMPLES = """\
+examples:
+  vae tune --workdir runs/tune                                  # Hyperband, default space
+  vae tune --workdir runs/tune --tuner bayesian --max-trials 30 --max-epochs 5
+  vae tune --workdir runs/tune --space my_space.json --objective iwae_nll train.seed=3
+  vae tune --workdir runs/tune --overwrite                      # start the search anew
+
+Run the same command again to resume an interrupted search. Distributed: the same
+command on every host, with KERASTUNER_TUNER_ID=chief (the oracle) or tuner0, tuner1, ...
+(workers), and KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT naming the chief.
+"""
+
+# Validation split held out of the training split, so the search never sees the test
+# split (applied before --config and the overrides; a --config file replaces them).
+HELD_OUT = ['data.train_split="train[:90%]"', 'data.validation_split="train[90%:]"']
+
+
+def register(subparsers) -> None:
+    """Adds `tune` to an argparse subparsers object; its func returns an exit code."""
+    from pipelines.tune.settings import OBJECTIVES, TUNERS
+
+    p = subparsers.add_parser(
+        "tune",
+        help="search hyperparameters with keras-tuner and export the best model",
+        description="Searches model and optimiser settings (a JSON search-space file) with\n"
+        "keras-tuner, training every trial like `vae train`; writes the ranked trials\n"
+        "(trials.csv, trials.json, objective.png), best_config.json, the best model in\n"
+        "best/, and exports it as a new version under WORKDIR/exports/<model_name>/.\n"
+        "The base config comes from the defaults (validating on the last 10% of the\n"
+        "training split), then --config FILE, then SECTION.FIELD=VALUE overrides.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workdir", required=True, help="folder of the search (resumable)")
+    p.add_argument("--space", help="search-space JSON file (default: the package's default_space.json)")
+    p.add_argument("--tuner", choices=TUNERS, default="hyperband")
+    p.add_argument("--max-trials", type=int,
+                   help="stop after N trials (default: one Hyperband iteration; 20 for the others)")
+    p.add_argument("--max-epochs", type=int, default=9,
+                   help="epochs per trial; Hyperband's largest budget (default 9)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="val_loss",
+                   help="val_loss: validation negative ELBO; iwae_nll: IWAE -log p(x) on the "
+                   "validation images (lower is better)")
+    p.add_argument("--hyperband-factor", type=int, default=3, help="Hyperband's reduction factor")
+    p.add_argument("--iwae-k", type=int, default=100, help="importance samples of --objective iwae_nll")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain the best configuration from scratch instead of taking its trial's model")
+    p.add_argument("--config", help="a JSON run config (e.g. config.json of a `vae train` run)")
+    p.add_argument("--data-dir", help="tfds data directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard the search in --workdir and start anew (exports/ is kept)")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE")
+    p.set_defaults(func=run_tune)
+
+
+def tune_settings(args):
+    """The TuneSettings of parsed `vae tune` arguments."""
+    from pipelines.tune import TuneSettings
+
+    return TuneSettings(space=args.space, tuner=args.tuner, objective=args.objective,
+                        max_trials=args.max_trials, max_epochs=args.max_epochs,
+                        hyperband_factor=args.hyperband_factor, iwae_k=args.iwae_k,
+                        retrain=args.retrain)
+
+
+def tune_config(args):
+    """The base RunConfig of every trial: defaults (held-out validation), --config, overrides."""
+    from pipelines.config import resolve_config
+
+    assignments = [] if args.config else list(HELD_OUT)
+    if args.data_dir:
+        assignments.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    return resolve_config(args.config, assignments + list(args.overrides))
+
+
+def run_tune(args) -> int:
+    """Runs `vae tune`; prints where the outputs are. Raises ConfigError for bad input."""
+    from pipelines.tune import TuneError, tune
+
+    settings, config = tune_settings(args), tune_config(args)
+    try:
+        result = tune(config, args.workdir, settings, overwrite=args.overwrite)
+    except TuneError as err:
+        print(f"vae tune: {err}", file=sys.stderr)
+        return 1
+    if not result:
+        print("worker finished; the chief writes the report and exports the best model")
+        return 0
+    print(f"best trial {result['best_trial']} of {result['trials']}: {result['objective']} "
+          f"{result['best_value']:.2f} nats; test negative ELBO {result['test_nelbo']:.2f}, "
+          f"IWAE NLL {result['test_iwae_nll']:.2f} nats ({result['model_from']})")
+    workdir = os.path.abspath(args.workdir)
+    print(f"outputs in {workdir}: trials.csv, trials.json, objective.png, best_config.json, best/")
+    print(f"exported to {result['export']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipelines.tune_cli ARGS` = `vae tune ARGS`."""
+    from model.config import ConfigError
+    from pipelines.data import DataError
+    from pipelines.distribute import DistributionError
+    from pipelines.train import WorkdirError
+
+    parser = argparse.ArgumentParser(prog="vae")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["tune", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, DistributionError, WorkdirError) as err:
+        print(f"vae tune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vae tune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
