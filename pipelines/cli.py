@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        logging.getLogger("absl").setLevel(logging.WARNING)
+        for noisy in ("absl", "tensorflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except _user_errors() as err:

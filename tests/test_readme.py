@@ -6,7 +6,9 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,12 @@ def test_readme_command_1_runs_the_main_job_end_to_end(tmp_path, tfds_dir):
     metrics = json.loads((train / "metrics.json").read_text())
     assert metrics["iwae_k"] == 1000 and metrics["eval_examples"] == 10_000
     assert metrics["test_iwae_nll"] < 300  # a random decoder scores about 543 nats
-    for name in ("model.keras", "config.json", "samples.png", "reconstructions.png"):
+    for name in ("model.keras", "config.json", "samples.png", "reconstructions.png",
+                 "exports/vae/1/saved_model.pb"):
         assert (train / name).is_file()
     assert f"outputs in {train}" in done.stdout
+    # generate over gRPC wrote a picture; the test split was batch-encoded.
+    with Image.open(tmp_path / "demo" / "generated.png") as picture:
+        assert picture.format == "PNG" and np.asarray(picture).std() > 0
+    manifest = json.loads((tmp_path / "demo" / "codes" / "manifest.json").read_text())
+    assert manifest["rows"] == 10_000
