@@ -2,10 +2,11 @@
 
 Semantics follow TF Serving's `BatchingParameters`: a batch runs when it holds
 `max_batch_size` rows or when its oldest request has waited `batch_timeout_micros` (0: as
-soon as a batch thread is free, so batches form from the requests that arrived while the
-previous batch ran); past `max_enqueued_batches` full batches of queued rows, new requests
-get UNAVAILABLE. Row signatures are concatenated along axis 0; `generate` requests run
-together through the export's `generate_batch` signature, which draws the same latents.
+soon as fewer than `num_batch_threads` batches are running, so batches form from the
+requests that arrived while the previous batch ran); past `max_enqueued_batches` full
+batches of queued rows, new requests get UNAVAILABLE. Row signatures are concatenated
+along axis 0; `generate` requests run together through the export's `generate_batch`
+signature, which draws the same latents.
 """
 
 from __future__ import annotations
@@ -78,13 +79,21 @@ class _Task:
     prepared: Prepared
     is_active: Callable[[], bool]
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    wake: threading.Event = dataclasses.field(default_factory=threading.Event)
+    done: bool = False
     result: dict[str, np.ndarray] | None = None
     error: RequestError | None = None
 
 
 class _Queue:
-    """One signature kind's queue and its batch threads."""
+    """One signature kind's queue. The request threads run the batches themselves.
+
+    Up to `num_batch_threads` submitting threads lead at a time: a leader collects a batch
+    from the head of the queue (TF Serving's size and timeout rules), runs it and wakes the
+    threads of its tasks; when it stops leading with work left, it wakes the thread of the
+    next queued task, which leads in turn. No batch thread sits in between: a request that
+    arrives alone runs at once on its own thread, and only threads with news are woken.
+    """
 
     def __init__(self, name: str, options: BatchingOptions, run: Callable[[list[_Task]], None]):
         self.name = name
@@ -92,18 +101,21 @@ class _Queue:
         self._run = run
         self._tasks: deque[_Task] = deque()
         self._rows = 0
-        self._cond = threading.Condition()
+        self._leaders = 0
+        self._lock = threading.Lock()
+        self._filled = threading.Condition(self._lock)  # a leader waits here for a fuller batch
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"batch-{name}-{i}", daemon=True)
-            for i in range(options.num_batch_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self.batches_run = 0
+        self.tasks_run = 0
 
     def submit(self, task: _Task) -> None:
+        """Queues `task` and returns once it has run (its `result` or `error` is set).
+
+        Raises:
+            RequestError: UNAVAILABLE when the queue is full or the server is stopping.
+        """
         limit = self.options.max_enqueued_batches * self.options.max_batch_size
-        with self._cond:
+        with self._lock:
             if self._stopped:
                 raise RequestError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             if self._rows + task.prepared.rows > limit and self._tasks:
@@ -113,14 +125,24 @@ class _Queue:
                 )
             self._tasks.append(task)
             self._rows += task.prepared.rows
-            self._cond.notify()
+            self._filled.notify()
+        while True:
+            with self._lock:
+                if task.done:
+                    return
+                lead = self._leaders < self.options.num_batch_threads and bool(self._tasks)
+                self._leaders += lead
+            if lead:
+                self._lead(task)
+            else:
+                task.wake.wait()
+                task.wake.clear()
 
     def stop(self) -> None:
-        with self._cond:
+        """Refuses new tasks; queued ones still run on their own threads."""
+        with self._lock:
             self._stopped = True
-            self._cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=30)
+            self._filled.notify_all()
 
     def _pick(self) -> tuple[list[_Task], int]:
         first = self._tasks[0]
@@ -131,42 +153,56 @@ class _Queue:
                 rows += task.prepared.rows
         return batch, rows
 
-    def _next_batch(self) -> list[_Task] | None:
+    def _collect(self) -> list[_Task]:
+        """Takes the next batch off the queue, waiting for the timeout (lock held)."""
         timeout = self.options.batch_timeout_micros / 1e6
-        with self._cond:
-            while not self._tasks:
-                if self._stopped:
-                    return None
-                self._cond.wait()
-            while True:
-                batch, rows = self._pick()
-                remaining = batch[0].enqueued + timeout - time.monotonic()
-                if rows >= self.options.max_batch_size or remaining <= 0 or self._stopped:
-                    break
-                self._cond.wait(remaining)
-            for task in batch:
-                self._tasks.remove(task)
-            self._rows -= rows
-            return batch
+        while True:
+            if not self._tasks:  # another leader took them while this one waited
+                return []
+            batch, rows = self._pick()
+            remaining = batch[0].enqueued + timeout - time.monotonic()
+            if rows >= self.options.max_batch_size or remaining <= 0 or self._stopped:
+                break
+            self._filled.wait(remaining)
+        for task in batch:
+            self._tasks.remove(task)
+        self._rows -= rows
+        return batch
 
-    def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            live = [t for t in batch if t.is_active()]
+    def _lead(self, own: _Task) -> None:
+        """Runs one batch from the head of the queue (the caller counted itself a leader)."""
+        with self._lock:
+            batch = self._collect()
+        ran = self._run_batch(batch) if batch else 0
+        with self._lock:
+            self.batches_run += ran > 0
+            self.tasks_run += ran
+            self._leaders -= 1
             for task in batch:
-                if task not in live:
-                    task.error = RequestError(grpc.StatusCode.CANCELLED, "request ended while queued")
-            try:
-                if live:
-                    self._run(live)
-            except RequestError as err:
-                for task in live:
-                    task.error = err
-            except Exception as err:  # never leave a caller waiting
-                log.exception("batch of %s failed", self.name)
-                for task in live:
-                    task.error = RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {err}")
-            for task in batch:
-                task.done.set()
+                task.done = True
+                if task is not own:
+                    task.wake.set()
+            if self._tasks and (own.done or own not in self._tasks):
+                self._tasks[0].wake.set()  # its thread checks whether to lead
+
+    def _run_batch(self, batch: list[_Task]) -> int:
+        """Runs the live tasks of a batch; returns how many ran. Never raises."""
+        live = [t for t in batch if t.is_active()]
+        for task in batch:
+            if task not in live:
+                task.error = RequestError(grpc.StatusCode.CANCELLED, "request ended while queued")
+        if not live:
+            return 0
+        try:
+            self._run(live)
+        except RequestError as err:
+            for task in live:
+                task.error = err
+        except Exception as err:  # never leave a caller waiting
+            log.exception("batch of %s failed", self.name)
+            for task in live:
+                task.error = RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {err}")
+        return len(live)
 
 
 class BatchScheduler:
@@ -205,10 +241,13 @@ class BatchScheduler:
             return None
         task = _Task(servable, prepared, is_active)
         self._queues[key].submit(task)
-        task.done.wait()
         if task.error is not None:
             raise task.error
         return task.result
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """(batches run, requests run) per queue, for tests and logs."""
+        return {k: (q.batches_run, q.tasks_run) for k, q in self._queues.items()}
 
     def stop(self) -> None:
         for queue in self._queues.values():

@@ -145,14 +145,22 @@ def limit_error(inputs: Mapping[str, np.ndarray]) -> str | None:
         inputs: the request's tensors by key (already of the signature's dtypes).
     """
     if NUM_SAMPLES in inputs:
-        counts = np.asarray(inputs[NUM_SAMPLES]).reshape(-1)
-        if counts.size and (counts.min() < 0 or counts.max() > MAX_NUM_SAMPLES):
-            return f"{NUM_SAMPLES} must be within [0, {MAX_NUM_SAMPLES}], got {counts.tolist()[:8]}"
+        counts = inputs[NUM_SAMPLES]
+        if np.ndim(counts) == 0:
+            low = high = int(counts)
+        else:
+            low, high = np.min(counts, initial=0), np.max(counts, initial=0)
+        if low < 0 or high > MAX_NUM_SAMPLES:
+            return f"{NUM_SAMPLES} must be within [0, {MAX_NUM_SAMPLES}], got {np.asarray(counts).tolist()}"
     for key in (IMAGES, Z):
-        if key in inputs and np.ndim(inputs[key]) > 0 and np.shape(inputs[key])[0] > MAX_BATCH:
-            return f"{key} has {np.shape(inputs[key])[0]} rows; at most {MAX_BATCH} per request"
-    if TEMPERATURE in inputs and not np.all(np.isfinite(inputs[TEMPERATURE])):
-        return f"{TEMPERATURE} must be finite"
+        rows = np.shape(inputs[key])[0] if key in inputs and np.ndim(inputs[key]) > 0 else 0
+        if rows > MAX_BATCH:
+            return f"{key} has {rows} rows; at most {MAX_BATCH} rows per request"
+    if TEMPERATURE in inputs:
+        temperature = inputs[TEMPERATURE]
+        finite = math.isfinite(temperature) if np.ndim(temperature) == 0 else bool(np.isfinite(temperature).all())
+        if not finite:
+            return f"{TEMPERATURE} must be finite"
     return None
 
 

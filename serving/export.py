@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from model.evaluation import iwae_log_likelihood
 from serving import contract as C
 from serving.tensors import to_tensor_proto
 
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 def _assert(condition, message: str):
     """An in-graph check: TF Serving answers INVALID_ARGUMENT with `message` when it fails."""
     return tf.debugging.Assert(condition, [message])
+
+
+def _f32(tensor):
+    """Outputs are float32 whatever the model computes in (mixed precision)."""
+    return tf.cast(tensor, tf.float32)
 
 
 def _check_rows(tensor) -> None:
@@ -60,7 +66,7 @@ def _endpoints(vae) -> dict[str, Any]:
     def generate(inputs):
         check_generate(inputs[C.NUM_SAMPLES], inputs[C.TEMPERATURE])
         z = sample(inputs[C.NUM_SAMPLES], inputs[C.SEED], inputs[C.TEMPERATURE])
-        return {C.IMAGES: vae.decode(z), C.Z: z}
+        return {C.IMAGES: _f32(vae.decode(z)), C.Z: z}
 
     def generate_batch(inputs):
         counts, seeds, temperatures = inputs[C.NUM_SAMPLES], inputs[C.SEED], inputs[C.TEMPERATURE]
@@ -75,28 +81,26 @@ def _endpoints(vae) -> dict[str, Any]:
             (tf.constant(0), parts),
         )
         z = tf.reshape(parts.concat(), (-1, latent_dim))  # (sum(num_samples), D)
-        return {C.IMAGES: vae.decode(z), C.Z: z}
+        return {C.IMAGES: _f32(vae.decode(z)), C.Z: z}
 
     def encode(inputs):
         _check_rows(inputs[C.IMAGES])
         z_mean, z_log_var = vae.encode(inputs[C.IMAGES])
-        return {C.Z_MEAN: z_mean, C.Z_LOG_VAR: z_log_var}
+        return {C.Z_MEAN: _f32(z_mean), C.Z_LOG_VAR: _f32(z_log_var)}
 
     def decode(inputs):
         _check_rows(inputs[C.Z])
-        return {C.IMAGES: vae.decode(inputs[C.Z])}
+        return {C.IMAGES: _f32(vae.decode(inputs[C.Z]))}
 
     def reconstruct(inputs):
         _check_rows(inputs[C.IMAGES])
-        return {C.IMAGES: vae.reconstruct(inputs[C.IMAGES])}
+        return {C.IMAGES: _f32(vae.reconstruct(inputs[C.IMAGES]))}
 
     def log_likelihood(inputs):
-        from model.evaluation import iwae_log_likelihood
-
         _check_rows(inputs[C.IMAGES])
 
-        def one(image):  # each image gets the same draws, whatever else is in the request
-            return iwae_log_likelihood(vae, image[None], num_samples=C.IWAE_NUM_SAMPLES, seed=iwae_seed)[0]
+        def one(image):  # fixed draws per image: a score does not depend on the other images
+            return _f32(iwae_log_likelihood(vae, image[None], num_samples=C.IWAE_NUM_SAMPLES, seed=iwae_seed)[0])
 
         scores = tf.map_fn(one, inputs[C.IMAGES], fn_output_signature=tf.float32)
         return {C.LOG_LIKELIHOOD_KEY: scores}
@@ -187,14 +191,19 @@ def _write_assets(path: Path, vae, model_name: str, run_config: dict | None, met
 
 
 def _verify(path: Path) -> None:
-    """Loads the export back and checks every contract signature and its input keys."""
+    """Loads the export back and checks every contract signature's keys and dtypes."""
     loaded = tf.saved_model.load(str(path))
     for name, spec in {**C.SIGNATURES, C.DEFAULT_SIGNATURE: C.SIGNATURES[C.DEFAULT_SIGNATURE_TARGET]}.items():
         if name not in loaded.signatures:
             raise RuntimeError(f"export at {path} lacks signature {name!r}")
-        keys = set(loaded.signatures[name].structured_input_signature[1])
-        if keys != {t.key for t in spec.inputs}:
-            raise RuntimeError(f"signature {name!r} has inputs {sorted(keys)}, expected {spec.inputs}")
+        function = loaded.signatures[name]
+        found = {
+            **{k: s.dtype.name for k, s in function.structured_input_signature[1].items()},
+            **{k: s.dtype.name for k, s in function.structured_outputs.items()},
+        }
+        expected = {t.key: t.dtype for t in (*spec.inputs, *spec.outputs)}
+        if found != expected:
+            raise RuntimeError(f"signature {name!r} has tensors {found}, the contract says {expected}")
 
 
 # === Versions ===

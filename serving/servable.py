@@ -51,6 +51,23 @@ class InputSpec:
     shape: tuple[int, ...] | None  # -1 for any size; None for unknown rank
 
 
+def _flat_caller(function):
+    """A fast way to call a loaded signature with validated tensors by key.
+
+    `ConcreteFunction.__call__` re-checks and re-packs structured arguments on every call
+    (about a third of a small model's call time). The inputs here are already checked
+    against the SignatureDef, so the flat call is used when this TensorFlow has it, with
+    the public call as the fallback.
+    """
+    keywords = getattr(function, "_arg_keywords", None)
+    call_flat = getattr(function, "_call_flat", None)
+    captured = getattr(function, "captured_inputs", None)
+    if keywords is None or call_flat is None or captured is None:
+        return lambda tensors: function(**tensors)
+    keywords = [k.decode() if isinstance(k, bytes) else k for k in keywords]
+    return lambda tensors: call_flat([tensors[k] for k in keywords], captured)
+
+
 @dataclasses.dataclass(frozen=True)
 class Signature:
     """A callable signature and what it accepts."""
@@ -59,6 +76,7 @@ class Signature:
     inputs: dict[str, InputSpec]
     outputs: tuple[str, ...]
     function: object  # the loaded ConcreteFunction
+    call: object = None  # tensors by key -> outputs by key (see _flat_caller)
 
     def describe_inputs(self) -> str:
         return ", ".join(
@@ -116,7 +134,7 @@ class Servable:
                 for alias, info in definition.inputs.items()
             }
             outputs = tuple(sorted(definition.outputs))
-            self.signatures[key] = Signature(key, inputs, outputs, function)
+            self.signatures[key] = Signature(key, inputs, outputs, function, _flat_caller(function))
 
     # === Requests ===
     def prepare(self, request: predict_pb2.PredictRequest) -> Prepared:
@@ -141,17 +159,19 @@ class Servable:
             raise invalid(message)
         return Prepared(signature, inputs, outputs)
 
-    def run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Calls a signature on numpy inputs; returns every output as numpy.
+    def run(
+        self, signature: Signature, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Calls a signature on numpy inputs; returns its outputs (or only `outputs`) as numpy.
 
         Raises:
             RequestError: the TensorFlow error's code and message (e.g. a failed in-graph check).
         """
         try:
-            result = signature.function(**{k: tf.constant(v) for k, v in inputs.items()})
+            result = signature.call({k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.OpError as err:
             raise RequestError(status_code_of(err), _tf_message(err)) from None
-        return {k: v.numpy() for k, v in result.items()}
+        return {k: result[k].numpy() for k in (outputs or result)}
 
     def warm_up(self) -> int:
         """Replays `assets.extra/tf_serving_warmup_requests` (TF Serving does the same).
@@ -203,14 +223,20 @@ def _output_aliases(signature: Signature, output_filter: Sequence[str]) -> tuple
 
 def _check_input_names(signature: Signature, sent: Sequence[str]) -> None:
     sent_set, expected = set(sent), set(signature.inputs)
-    if sent_set != expected:
+    if sent_set == expected:
+        return
+    expects = f"Signature {signature.name!r} expects {signature.describe_inputs()}."
+    if len(sent_set) != len(expected):
         raise invalid(
             f"input size does not match signature: {len(sent_set)}!={len(expected)} "
             f"len({{{','.join(sorted(sent_set))}}}) != len({{{','.join(sorted(expected))}}}). "
             f"Sent extra: {{{','.join(sorted(sent_set - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - sent_set))}}}. "
-            f"Signature {signature.name!r} expects {signature.describe_inputs()}."
+            f"Missing but required: {{{','.join(sorted(expected - sent_set))}}}. {expects}"
         )
+    raise invalid(
+        f"input tensor alias not found in signature: {','.join(sorted(sent_set - expected))}. "
+        f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}. {expects}"
+    )
 
 
 def _read_input(signature: Signature, alias: str, proto) -> np.ndarray:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -32,10 +31,11 @@ from tensorflow_serving.apis import (
 )
 
 from serving import contract as C
+from serving import health
 from serving.batching import BatchingOptions, BatchScheduler
 from serving.manager import ModelManager
 from serving.servable import RequestError, invalid
-from serving.tensors import to_tensor_proto
+from serving.tensors import fill_tensor_proto
 
 log = logging.getLogger(__name__)
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -61,6 +61,9 @@ class ServerOptions:
         tls_cert_file, tls_key_file: PEM server certificate chain and key; both or neither.
         tls_client_ca_file: PEM CA that client certificates must chain to (mutual TLS).
         grace_seconds: how long in-flight requests may finish on shutdown.
+        tf_intra_op_threads, tf_inter_op_threads: TensorFlow's thread pools (TF Serving's
+            `--tensorflow_intra_op_parallelism`/`--tensorflow_inter_op_parallelism`); 0 lets
+            TensorFlow choose. Only applied if TensorFlow has not started yet in the process.
     """
 
     model_base_path: str
@@ -78,6 +81,8 @@ class ServerOptions:
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     grace_seconds: float = 5.0
+    tf_intra_op_threads: int = 0
+    tf_inter_op_threads: int = 0
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -92,6 +97,8 @@ class ServerOptions:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if self.max_workers < 1 or self.max_message_bytes < 1:
             raise ValueError("max_workers and max_message_bytes must be >= 1")
+        if self.tf_intra_op_threads < 0 or self.tf_inter_op_threads < 0:
+            raise ValueError("TensorFlow thread counts must be >= 0")
 
 
 def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
@@ -114,7 +121,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if self._scheduler is not None:
                 outputs = self._scheduler.submit(servable, prepared, context.is_active)
             if outputs is None:
-                outputs = servable.run(prepared.signature, prepared.inputs)
+                outputs = servable.run(prepared.signature, prepared.inputs, prepared.outputs)
         except RequestError as err:
             _abort(context, err)
         except Exception as err:  # a bug must cost one request, not the server
@@ -125,7 +132,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = request.model_spec.signature_name or C.DEFAULT_SIGNATURE
         for alias in prepared.outputs:
-            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias]))
+            fill_tensor_proto(response.outputs[alias], outputs[alias])
         return response
 
     def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -190,7 +197,8 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions):
         self.options = options
-        self.health = health.HealthServicer()
+        _configure_tensorflow_threads(options)
+        self.health = health.HealthService()
         self._set_health(False)
         self.manager = ModelManager(
             options.model_name,
@@ -215,12 +223,12 @@ class ModelServer:
             PredictionServicer(self.manager, self.scheduler), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.health.add_to_server(self._server)
         self.port: int | None = None
         self._stopped = threading.Event()
 
     def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = health.SERVING if serving else health.NOT_SERVING
         for service in ("", C.HEALTH_SERVICE):
             self.health.set(service, status)
 
@@ -267,11 +275,27 @@ class ModelServer:
         self._server.stop(grace).wait()
         if self.scheduler is not None:
             self.scheduler.stop()
+            for key, (batches, requests) in self.scheduler.stats().items():
+                if batches:
+                    log.info("batching %s: %d requests in %d batches (%.1f per batch)",
+                             key, requests, batches, requests / batches)
         self.manager.stop()
         log.info("server stopped")
 
     def wait(self) -> None:
         self._server.wait_for_termination()
+
+
+def _configure_tensorflow_threads(options: ServerOptions) -> None:
+    import tensorflow as tf
+
+    try:
+        if options.tf_intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(options.tf_intra_op_threads)
+        if options.tf_inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(options.tf_inter_op_threads)
+    except RuntimeError as err:  # TensorFlow already running in this process
+        log.warning("TensorFlow thread settings not applied: %s", err)
 
 
 def serve(options: ServerOptions) -> int:

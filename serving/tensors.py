@@ -6,9 +6,11 @@ typed fields (`float_val`, ...; TF Serving answers that way) fall back to `tf.ma
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 _NUMPY_TO_DTYPE: dict[np.dtype, int] = {
     np.dtype(np.float32): types_pb2.DT_FLOAT,
@@ -44,26 +46,29 @@ def shape_of(proto: tensor_pb2.TensorProto) -> tuple[int, ...] | None:
     """The shape a TensorProto declares, or None when it declares an unknown rank."""
     if proto.tensor_shape.unknown_rank:
         return None
-    return tuple(int(d.size) for d in proto.tensor_shape.dim)
+    return tuple([d.size for d in proto.tensor_shape.dim])
 
 
-def to_tensor_proto(array) -> tensor_pb2.TensorProto:
-    """A numpy array (or scalar) as a TensorProto with `tensor_content`.
+def fill_tensor_proto(proto: tensor_pb2.TensorProto, array) -> tensor_pb2.TensorProto:
+    """Writes a numpy array (or scalar) into `proto` (e.g. a request's map entry) in place.
 
     Raises:
         TypeError: the dtype is not a fixed-size numeric type.
     """
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)  # (np.ascontiguousarray would turn a scalar into shape (1,))
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype_enum(array.dtype),
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]
-        ),
-    )
-    proto.tensor_content = array.tobytes()
+    proto.dtype = dtype_enum(array.dtype)
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
+    proto.tensor_content = array.tobytes(order="C")
     return proto
+
+
+def to_tensor_proto(array) -> tensor_pb2.TensorProto:
+    """A numpy array (or scalar) as a new TensorProto with `tensor_content`."""
+    return fill_tensor_proto(tensor_pb2.TensorProto(), array)
 
 
 def from_tensor_proto(proto: tensor_pb2.TensorProto, writable: bool = False) -> np.ndarray:
@@ -81,7 +86,7 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto, writable: bool = False) -> 
         raise ValueError("tensor has an unknown rank")
     np_dtype = _DTYPE_TO_NUMPY.get(proto.dtype)
     if np_dtype is not None and proto.tensor_content:
-        expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+        expected = math.prod(shape) * np_dtype.itemsize
         if len(proto.tensor_content) != expected:
             raise ValueError(
                 f"tensor_content has {len(proto.tensor_content)} bytes; shape {list(shape)} "

@@ -1,0 +1,126 @@
+"""generate(16) throughput of `vae serve`: one client, then 8 concurrent clients, with
+server-side batching off and on, side by side in one run.
+
+    .venv/bin/python benchmarks/serving_throughput.py [--requests 10000] [--clients 8]
+
+Each concurrent client is a thread with its own channel (`VAEClient`) in this process; the
+two servers (batching off, batching on) are `vae serve` subprocesses on loopback, running
+side by side; the four runs take turns in rounds so that other load on the machine falls
+on all of them alike. Without --export-dir it exports the
+default model (latent 16, MLP 512-256, random weights). Targets: with batching on, 8
+clients reach >= 2x the single-client request rate, with zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import threading
+import time
+
+from serving_latency import load_average, model_path, percentiles, serve_subprocess
+
+
+class Load:
+    """Open connections to one server; `run` spreads generate calls over `clients` threads."""
+
+    def __init__(self, target: str, clients: int, num_samples: int):
+        from serving.client import VAEClient
+
+        self.num_samples = num_samples
+        self.connections = [VAEClient(target, timeout=30) for _ in range(clients)]
+        for client in self.connections:  # connect and cache metadata before any clock starts
+            client.generate(num_samples, seed=0)
+        self.seconds, self.requests = 0.0, 0
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+
+    def run(self, requests: int) -> None:
+        from serving.client import ServingError
+
+        counter, lock = itertools.count(self.requests), threading.Lock()
+        end = self.requests + requests
+
+        def worker(client) -> None:
+            mine = []
+            while True:
+                with lock:
+                    index = next(counter)
+                if index >= end:
+                    break
+                start = time.perf_counter_ns()
+                try:
+                    if client.generate(self.num_samples, seed=index).shape[0] != self.num_samples:
+                        self.errors.append(f"request {index}: wrong number of images")
+                except ServingError as err:
+                    self.errors.append(f"request {index}: {err}")
+                mine.append((time.perf_counter_ns() - start) / 1e6)
+            with lock:
+                self.latencies.extend(mine)
+
+        threads = [threading.Thread(target=worker, args=(c,)) for c in self.connections]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.seconds += time.perf_counter() - start
+        self.requests = end
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    def close(self) -> None:
+        for client in self.connections:
+            client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=10_000, help="requests of each concurrent run")
+    parser.add_argument("--single-requests", type=int, default=2_000, help="requests of each 1-client run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="the four runs take turns this many times")
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--export-dir", help="a model folder with versions (default: export one)")
+    parser.add_argument("--serve-args", default="", help="extra `vae serve` flags for both servers")
+    args = parser.parse_args()
+
+    model_dir, cleanup = model_path(args.export_dir)
+    extra = tuple(args.serve_args.split())
+    with cleanup, serve_subprocess(model_dir, False, extra) as plain, \
+            serve_subprocess(model_dir, True, extra) as batched:
+        loads = {
+            (mode, clients): Load(target, clients, args.num_samples)
+            for mode, target in (("off", plain), ("on", batched))
+            for clients in (1, args.clients)
+        }
+        load_before = load_average()
+        for _ in range(args.rounds):  # take turns, so background load hits every run alike
+            for (mode, clients), load in loads.items():
+                load.run((args.single_requests if clients == 1 else args.requests) // args.rounds)
+        load_after = load_average()
+        for load in loads.values():
+            load.close()
+
+    print(f"generate({args.num_samples}) on loopback; per batching mode: 1 client x "
+          f"{loads[('off', 1)].requests} requests and {args.clients} clients x {loads[('off', args.clients)].requests} "
+          f"requests in total, in {args.rounds} interleaved rounds; serve flags [{args.serve_args}]; "
+          f"load average {load_before} -> {load_after}")
+    print(f"{'batching':<9} {'1 client req/s':>14} {f'{args.clients} clients req/s':>17} {'speed-up':>9} "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'errors':>7}")
+    for mode in ("off", "on"):
+        single, many = loads[(mode, 1)], loads[(mode, args.clients)]
+        stats = percentiles(many.latencies)
+        errors = single.errors + many.errors
+        print(f"{mode:<9} {single.rate:14.0f} {many.rate:17.0f} {many.rate / single.rate:8.2f}x "
+              f"{stats['p50']:7.2f} {stats['p99']:7.2f} {len(errors):7d}")
+        for message in errors[:5]:
+            print("   ", message)
+    ratio = loads[("on", args.clients)].rate / loads[("off", 1)].rate
+    print(f"batching on, {args.clients} clients vs 1 client without batching: {ratio:.2f}x (target >= 2x, zero errors)")
+
+
+if __name__ == "__main__":
+    main()

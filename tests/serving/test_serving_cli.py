@@ -1,0 +1,99 @@
+"""`vae export`, `vae serve` and `vae generate` through `serving.cli.register`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from serving_testlib import IMAGE_SHAPE, free_port
+
+from serving import contract as C
+from serving.cli import register, server_options
+from serving.client import VAEClient
+from serving.grid import image_grid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse(*argv: str):
+    parser = argparse.ArgumentParser(prog="vae")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def run(*argv: str) -> int:
+    args = parse(*argv)
+    return args.func(args)
+
+
+def test_generate_writes_a_png_grid(server, client, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert run("generate", "--target", f"127.0.0.1:{server.port}", "-n", "9", "--seed", "3", "--out", str(out)) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.mode == "L"
+        pixels = np.asarray(picture)
+    side = 3 * (IMAGE_SHAPE[0] + 2) + 2
+    assert pixels.shape == (side, side)
+    np.testing.assert_array_equal(pixels, image_grid(client.generate(9, seed=3)))
+
+
+def test_generate_against_no_server_fails_cleanly(tmp_path, capsys):
+    target = f"127.0.0.1:{free_port()}"
+    code = run("generate", "--target", target, "--timeout", "1", "--out", str(tmp_path / "x.png"))
+    assert code == 1 and "UNAVAILABLE" in capsys.readouterr().err
+    code = run("generate", "--target", target, "--timeout", "1", "--wait", "0.5", "--out", str(tmp_path / "x.png"))
+    assert code == 1 and "no version" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_export_command(tmp_path, vae, capsys):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    vae.save(workdir / "model.keras")
+    assert run("export", "--workdir", str(workdir), "--base-dir", str(tmp_path / "exports"), "--version", "4") == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "exports" / C.MODEL_NAME / "4")
+    assert run("export", "--workdir", str(tmp_path / "none"), "--base-dir", str(tmp_path / "exports")) == 2
+
+
+def test_serve_flags_become_server_options():
+    options = server_options(parse(
+        "serve", "--model-base-path", "exports/vae", "--port", "9000", "--version-label", "stable=3",
+        "--enable-batching", "--batching-parameters-file", str(ROOT / "serving" / "batching_parameters.txt"),
+    ))
+    assert (options.port, options.host, options.version_labels) == (9000, C.DEFAULT_HOST, (("stable", 3),))
+    assert options.batching is not None and options.batching.max_batch_size > 1
+    assert server_options(parse("serve", "--model-base-path", "x")).batching is None
+    for bad in (["--version-label", "stable"], ["--batching-parameters-file", "f.txt"]):
+        with pytest.raises(ValueError):
+            server_options(parse("serve", "--model-base-path", "x", *bad))
+
+
+@pytest.mark.slow
+def test_serve_subprocess_answers_then_stops_on_sigterm(export_dir, tmp_path):
+    port = free_port()
+    command = [
+        sys.executable, "-m", "serving.cli", "serve", "--model-base-path", str(export_dir.parent),
+        "--port", str(port), "--enable-batching",
+    ]
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        with VAEClient(f"127.0.0.1:{port}") as client:
+            assert client.wait_until_ready(timeout=60) == 1
+            assert client.generate(4, seed=1).shape == (4, *IMAGE_SHAPE)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "received SIGTERM" in text and "server stopped" in text
