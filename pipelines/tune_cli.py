@@ -13,7 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CP
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import sys  # noqa: E402
 
 EXAMPLES = """\
@@ -114,26 +113,10 @@ def run_tune(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.tune_cli ARGS` = `vae tune ARGS`."""
-    from model.config import ConfigError
-    from pipelines.data import DataError
-    from pipelines.distribute import DistributionError
-    from pipelines.train import WorkdirError
+    """`python -m pipelines.tune_cli ARGS` = `vae tune ARGS` (the same parser and error handling)."""
+    from pipelines.cli import main as vae_main
 
-    parser = argparse.ArgumentParser(prog="vae")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    args = parser.parse_args(["tune", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except (ConfigError, DataError, DistributionError, WorkdirError) as err:
-        print(f"vae tune: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vae tune: interrupted", file=sys.stderr)
-        return 130
+    return vae_main(["tune", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
