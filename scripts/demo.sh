@@ -22,16 +22,8 @@ $vae serve --model-base-path "$out/train/exports/vae" --model-name vae --host 12
   --port "$port" > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-for attempt in $(seq 1 60); do
-  if $vae generate --target "127.0.0.1:$port" -n 16 --seed 7 --out "$out/generated.png" 2>"$out/generate.err"; then
-    break
-  fi
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "demo: the server stopped; see $out/server.log" >&2; cat "$out/server.log" >&2; exit 1
-  fi
-  [ "$attempt" = 60 ] && { cat "$out/generate.err" >&2; exit 1; }
-  sleep 1
-done
+$vae generate --target "127.0.0.1:$port" --wait 120 -n 16 --seed 7 --out "$out/generated.png" || {
+  echo "demo: generate failed; the server's log:" >&2; cat "$out/server.log" >&2; exit 1; }
 kill "$server" && wait "$server" 2>/dev/null || true
 trap - EXIT
 

@@ -262,3 +262,13 @@ def test_client_errors_carry_code_and_message(server):
         with pytest.raises(ServingError) as err:
             dead.status()
     assert err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_health_answers_the_official_grpc_health_client(server):
+    """Wire compatibility with grpc_health.v1 (what probes and load balancers use)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # a project dependency
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", C.HEALTH_SERVICE):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
