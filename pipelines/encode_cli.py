@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CPU machines
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 EXAMPLES = """\
@@ -136,10 +137,23 @@ def run_encode(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.encode_cli ARGS` = `vae encode ARGS` (the same parser and error handling)."""
-    from pipelines.cli import main as vae_main
+    """`python -m pipelines.encode_cli ARGS` = `vae encode ARGS`.
 
-    return vae_main(["encode", *(sys.argv[1:] if argv is None else argv)])
+    Its own small parser, not `pipelines.cli`: building the whole `vae` parser registers
+    every subcommand, and `tune`'s registration imports `model/`, which an encoder that
+    works from the export alone must not load.
+    """
+    parser = argparse.ArgumentParser(prog="vae")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(["encode", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("vae encode: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
