@@ -3,8 +3,11 @@
 The model is the 784-400-20 MLP VAE (Bernoulli, dynamically binarised Fashion-MNIST,
 Adam 1e-3). Throughput is images per second, the median over the epochs after the
 first. PyTorch runs its fast settings: fused Adam, `rand < p` binarisation, in-memory
-tensors, 2 threads. The project runs its own `vae train` code path (tf.data input,
-the custom training loop) with evaluation cut to a minimum.
+tensors, 2 threads, in float32 and with bf16 autocast. The project runs its own `vae
+train` code path (the in-memory input, the custom training loop) with evaluation cut to
+a minimum, in float32 and with `--mixed-precision` (bf16 matrix products, float32
+loss; on CPUs with AMX or AVX512-BF16 they run several times faster). The limit is the
+float32 matrix-product rate divided by the FLOPs of one training image.
 
 Usage (torch is a benchmark-only dependency: `pip install torch==2.13.0`):
     .venv/bin/python benchmarks/train_throughput.py --batch-sizes 128 1024 --epochs 4
@@ -34,7 +37,7 @@ def fashion_mnist_train() -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
 
 
-def torch_images_per_second(batch: int, epochs: int) -> list[float]:
+def torch_images_per_second(batch: int, epochs: int, autocast: bool = False) -> list[float]:
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -65,7 +68,9 @@ def torch_images_per_second(batch: int, epochs: int) -> list[float]:
         for i in range(steps):
             x = data[order[i * batch:(i + 1) * batch]]
             x = (torch.rand_like(x) < x).float()
-            logits, mu, logvar = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits, mu, logvar = model(x)
+            logits, mu, logvar = logits.float(), mu.float(), logvar.float()
             recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
             kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
             loss = (recon + kl) / batch
@@ -110,17 +115,25 @@ def main() -> None:
     limit = args.gflops * 1e9 / FLOP_PER_IMAGE
     results = []
     for batch in args.batch_sizes:
-        ours = steady(project_images_per_second(batch, args.epochs, args.data_dir, args.overrides))
-        torch_rate = steady(torch_images_per_second(batch, args.epochs))
-        results.append({"batch": batch, "project": round(ours), "pytorch": round(torch_rate),
-                        "ratio": round(ours / torch_rate, 3), "limit": round(limit),
-                        "fraction_of_limit": round(ours / limit, 3)})
-        print(json.dumps(results[-1]), flush=True)
-    print("| batch | project images/s | PyTorch images/s | ratio | share of the limit |")
-    print("| --- | --- | --- | --- | --- |")
+        rates = {
+            "project_float32": project_images_per_second(batch, args.epochs, args.data_dir, args.overrides),
+            "project_mixed_bf16": project_images_per_second(
+                batch, args.epochs, args.data_dir, [*args.overrides, "train.mixed_precision=true"]),
+            "pytorch_float32": torch_images_per_second(batch, args.epochs),
+            "pytorch_autocast_bf16": torch_images_per_second(batch, args.epochs, autocast=True),
+        }
+        row = {"batch": batch, **{k: round(steady(v)) for k, v in rates.items()}, "limit": round(limit)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    print("| batch | project float32 | project mixed bf16 | PyTorch float32 | PyTorch autocast bf16 "
+          "| ratio float32 / PyTorch | ratio mixed / PyTorch | mixed, share of the limit |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['batch']} | {r['project']:,} | {r['pytorch']:,} | {r['ratio']:.2f} | "
-              f"{r['fraction_of_limit']:.0%} of {r['limit']:,} |")
+        torch_rate = r["pytorch_float32"]
+        print(f"| {r['batch']} | {r['project_float32']:,} | {r['project_mixed_bf16']:,} | {torch_rate:,} "
+              f"| {r['pytorch_autocast_bf16']:,} | {r['project_float32'] / torch_rate:.2f} "
+              f"| {r['project_mixed_bf16'] / torch_rate:.2f} "
+              f"| {r['project_mixed_bf16'] / r['limit']:.0%} of {r['limit']:,} |")
 
 
 if __name__ == "__main__":

@@ -200,6 +200,49 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
+    """MB of the split's decoded uint8 images."""
+    height, width, channels = image_shape(builder, config)
+    return num_examples(builder, split) * height * width * channels / 2**20
+
+
+def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_size: int, *,
+                               binarize: bool, seed: int) -> tf.data.Dataset:
+    """Repeated global batches of (images in [0, 1], labels) from the split held in memory.
+
+    The split is decoded once into a uint8 array. Each epoch is a fresh permutation
+    (a stateless shuffle keyed by the seed and the epoch, the last incomplete batch
+    dropped); each batch is gathered by index, and with `binarize` it is a fresh
+    Bernoulli draw keyed by (seed, global batch number), so every epoch sees new
+    binarisations.
+    """
+    shape = image_shape(builder, config)
+    count = num_examples(builder, split)
+    steps = count // batch_size
+    if steps < 1:
+        raise DataError(f"split {split!r} has fewer examples than one batch of {batch_size}")
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE).batch(count)
+    images, labels = next(iter(ds))  # (N, H, W, C) uint8, (N,)
+    seed = tf.constant(seed, tf.int64)
+
+    def epoch_batches(epoch):
+        order = tf.argsort(tf.random.stateless_uniform([count], seed=tf.stack([seed, epoch])))
+        index = tf.reshape(order[: steps * batch_size], (steps, batch_size))
+        numbers = epoch * steps + tf.range(steps, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((index, numbers))
+
+    def gather(index, number):
+        x = _to_float(tf.gather(images, index))
+        if binarize:
+            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([number, seed]))
+            x = tf.cast(noise < x, tf.float32)
+        return x, tf.gather(labels, index)
+
+    ds = tf.data.Dataset.counter().flat_map(epoch_batches)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
                        seed: int, limit: int | None = None) -> tf.data.Dataset:
     """Batches of (images, labels) in a fixed order; binarised once, the same way on

@@ -43,6 +43,14 @@ class Cluster:
         return "chief" in tf_config().get("cluster", {})
 
     @property
+    def workers(self) -> int:
+        """The processes that train together (1 unless multi-worker)."""
+        if self.task_type is None:
+            return 1
+        spec = tf_config().get("cluster", {})
+        return len(spec.get("chief", [])) + len(spec.get("worker", []))
+
+    @property
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
 

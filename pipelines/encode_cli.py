@@ -38,7 +38,7 @@ def register(subparsers) -> None:
         help="batch-encode images to latent codes with an exported model (Parquet/TFRecord shards)",
         description="Encodes every input image with the export's `encode` signature and writes one "
         "row per input (id, label, z_mean, z_log_var, ...) to sharded Parquet or TFRecord files and "
-        "manifest.json in --out. Killed runs resume where they stopped when the same command runs "
+        "_manifest.json in --out (the folder reads as one Parquet dataset). Killed runs resume where they stopped when the same command runs "
         "again.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,6 +122,7 @@ def config_from_args(args):
 def run_encode(args) -> int:
     """Runs `vae encode`; prints a summary, or the error and returns 2."""
     from pipelines.encode import EncodeError, encode
+    from pipelines.encode.output import MANIFEST_FILE
 
     try:
         manifest = encode(config_from_args(args))
@@ -132,7 +133,7 @@ def run_encode(args) -> int:
     print(f"encoded {manifest['rows']} of {manifest['num_inputs']} inputs ({manifest['num_skipped']} "
           f"skipped) with {model['name']} version {model['version']} in "
           f"{manifest['runner']['wall_seconds']:.1f} s: {len(manifest['shards'])} {manifest['format']} "
-          f"shards and manifest.json in {os.path.abspath(args.out) if '://' not in args.out else args.out}")
+          f"shards and {MANIFEST_FILE} in {os.path.abspath(args.out) if '://' not in args.out else args.out}")
     return 0
 
 

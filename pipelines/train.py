@@ -125,9 +125,11 @@ class Datasets:
     steps_per_epoch: int
 
 
-def load_datasets(config: RunConfig) -> tuple[RunConfig, Datasets]:
+def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datasets]:
     """Prepares the data; returns the config with the dataset's image shape, and the
-    training and validation pipelines."""
+    training and validation pipelines (the training split held in memory when it fits
+    `data.in_memory_max_mb` and one worker trains; tf.data streams and shards it
+    otherwise)."""
     builder = data.get_builder(config.data)
     shape = data.image_shape(builder, config.data)
     if shape != config.model.image_shape:
@@ -139,10 +141,15 @@ def load_datasets(config: RunConfig) -> tuple[RunConfig, Datasets]:
     if steps_per_epoch < 1:
         raise data.DataError(
             f"split {config.data.train_split!r} has fewer examples than one batch of {global_batch}")
-    train_ds = data.training_dataset(
-        builder, config.data, config.data.train_split, global_batch,
-        binarize=config.binarize, seed=train_cfg.seed, repeat=True,
-    )
+    split = config.data.train_split
+    if workers == 1 and data.in_memory_size_mb(builder, config.data, split) <= config.data.in_memory_max_mb:
+        train_ds = data.in_memory_training_dataset(
+            builder, config.data, split, global_batch, binarize=config.binarize, seed=train_cfg.seed)
+    else:
+        train_ds = data.training_dataset(
+            builder, config.data, split, global_batch,
+            binarize=config.binarize, seed=train_cfg.seed, repeat=True,
+        )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     val_ds = data.evaluation_dataset(
@@ -192,7 +199,7 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
         verbose = 1 if sys.stdout.isatty() else 2
     keras.utils.set_random_seed(config.train.seed)
     set_precision(config)
-    config, datasets = load_datasets(config)
+    config, datasets = load_datasets(config, workers=cluster.workers)
     if cluster.is_chief:
         workdir.mkdir(parents=True, exist_ok=True)
         _check_workdir(workdir, config, overwrite)

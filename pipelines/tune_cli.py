@@ -34,7 +34,7 @@ HELD_OUT = ['data.train_split="train[:90%]"', 'data.validation_split="train[90%:
 
 def register(subparsers) -> None:
     """Adds `tune` to an argparse subparsers object; its func returns an exit code."""
-    from pipelines.tune.settings import OBJECTIVES, TUNERS
+    from pipelines.tune.names import OBJECTIVES, TUNERS
 
     p = subparsers.add_parser(
         "tune",

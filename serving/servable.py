@@ -162,7 +162,8 @@ class Servable:
     def run(
         self, signature: Signature, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Calls a signature on numpy inputs; returns its outputs (or only `outputs`) as numpy.
+        """Calls a signature on numpy inputs; returns its outputs (or only `outputs`) as numpy
+        arrays over the result tensors' memory.
 
         Raises:
             RequestError: the TensorFlow error's code and message (e.g. a failed in-graph check).
@@ -171,7 +172,7 @@ class Servable:
             result = signature.call({k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.OpError as err:
             raise RequestError(status_code_of(err), _tf_message(err)) from None
-        return {k: result[k].numpy() for k in (outputs or result)}
+        return {k: np.asarray(result[k]) for k in (outputs or result)}  # no copy, unlike .numpy()
 
     def warm_up(self) -> int:
         """Replays `assets.extra/tf_serving_warmup_requests` (TF Serving does the same).
@@ -257,6 +258,6 @@ def _read_input(signature: Signature, alias: str, proto) -> np.ndarray:
             f"{list(shape) if shape is not None else '?'}; expected {list(spec.shape)} (-1: any size)"
         )
     try:
-        return from_tensor_proto(proto)
+        return from_tensor_proto(proto, shape=shape)
     except ValueError as err:
         raise invalid(f"input {alias!r}: {err}") from None

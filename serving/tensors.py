@@ -71,28 +71,32 @@ def to_tensor_proto(array) -> tensor_pb2.TensorProto:
     return fill_tensor_proto(tensor_pb2.TensorProto(), array)
 
 
-def from_tensor_proto(proto: tensor_pb2.TensorProto, writable: bool = False) -> np.ndarray:
+def from_tensor_proto(
+    proto: tensor_pb2.TensorProto, writable: bool = False, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
     """A TensorProto as a numpy array.
 
     Args:
         proto: the tensor.
         writable: copy out of the message buffer (otherwise the array is read-only).
+        shape: `shape_of(proto)` if the caller has it already (reading it again costs time).
 
     Raises:
         ValueError: the proto is malformed (its content does not fill its shape).
     """
-    shape = shape_of(proto)
+    shape = shape_of(proto) if shape is None else shape
     if shape is None:
         raise ValueError("tensor has an unknown rank")
     np_dtype = _DTYPE_TO_NUMPY.get(proto.dtype)
-    if np_dtype is not None and proto.tensor_content:
+    content = proto.tensor_content  # each read copies the bytes out of the message: read once
+    if np_dtype is not None and content:
         expected = math.prod(shape) * np_dtype.itemsize
-        if len(proto.tensor_content) != expected:
+        if len(content) != expected:
             raise ValueError(
-                f"tensor_content has {len(proto.tensor_content)} bytes; shape {list(shape)} "
+                f"tensor_content has {len(content)} bytes; shape {list(shape)} "
                 f"of {dtype_name(proto.dtype)} needs {expected}"
             )
-        array = np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape)
+        array = np.frombuffer(content, dtype=np_dtype).reshape(shape)
         return array.copy() if writable else array
     try:
         return tf.make_ndarray(proto)

@@ -46,5 +46,5 @@ def test_readme_command_1_runs_the_main_job_end_to_end(tmp_path, tfds_dir):
     # generate over gRPC wrote a picture; the test split was batch-encoded.
     with Image.open(tmp_path / "demo" / "generated.png") as picture:
         assert picture.format == "PNG" and np.asarray(picture).std() > 0
-    manifest = json.loads((tmp_path / "demo" / "codes" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "demo" / "codes" / "_manifest.json").read_text())
     assert manifest["rows"] == 10_000

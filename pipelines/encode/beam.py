@@ -5,8 +5,10 @@
     once per worker process in DoFn.setup) -> WriteToParquetBatched / WriteToTFRecord
 
 The rows and columns are the local runner's; which rows share a shard file is the
-runner's choice. A Beam run is not resumable: a rerun starts over (a runner such as
-Dataflow retries failed work itself).
+runner's choice. A Beam run is not resumable: the same command run again after a failed
+or killed run deletes what that run left (shards, Beam's temporary files), says so, and
+encodes every input again (a runner such as Dataflow retries failed work itself). A
+finished output is refused without --overwrite, as for the local runner.
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ def run_beam(config: EncodeConfig, out: str, source: Source, info: ExportInfo, t
     Raises:
         EncodeError: a bad input without skip_bad, or the pipeline failed.
     """
+    earlier = [n for n in tf.io.gfile.listdir(out) if output.SHARD_RE.match(n.rstrip("/"))]
+    if earlier:
+        log.warning("%s holds %d shard file(s) of an earlier unfinished run; a Beam run does not resume: "
+                    "they are deleted and every input is encoded again (the local runner resumes)",
+                    out, len(earlier))
     output.remove_outputs(out, keep_state=True)  # not resumable: a rerun starts over
     num_shards = max(1, math.ceil(len(source) / config.rows_per_shard))
     options = pipeline_options(config.beam_args)
@@ -161,7 +168,8 @@ def run_beam(config: EncodeConfig, out: str, source: Source, info: ExportInfo, t
     try:
         pipeline.run().wait_until_finish()
     except Exception as err:  # runners wrap worker errors in their own types
-        raise (_user_error(err) or EncodeError(f"the Beam pipeline failed: {err}")) from err
+        raise (_user_error(err) or EncodeError(f"the Beam pipeline failed: {err} (running the same command "
+                                               f"again starts the Beam job over)")) from err
     extension = output.EXTENSIONS[config.output_format]
     names = sorted(tf.io.gfile.glob(output.join(out, f"{output.PREFIX}-*-of-{num_shards:05d}.{extension}")))
     records = [output.shard_record(out, name.rsplit("/", 1)[-1]) for name in names]

@@ -26,7 +26,7 @@ class EncodeConfig:
     Args:
         model: an export's version folder (`<base>/<name>/<version>`), or its model
             folder holding integer version folders (the latest is used).
-        out: the output folder (shards, `manifest.json`).
+        out: the output folder (shards, `_manifest.json`).
         input_kind: `tfds`, `images` (a folder of PNG/JPEG files), `npy` or `tfrecord`.
         dataset, split, data_dir: the tfds dataset, split expression and data directory.
         paths: the folder (`images`), or files / glob patterns (`npy`, `tfrecord`).

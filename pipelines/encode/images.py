@@ -68,7 +68,7 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.float32:
         return array
     if np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.float32) / np.float32(255.0)
+        return np.divide(array, np.float32(255.0), dtype=np.float32)  # one pass, = astype(float32) / 255
     return array.astype(np.float32)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -11,7 +12,7 @@ import tensorflow as tf
 
 from pipelines.encode import output
 from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.signatures import Encoder, describe_export, output_keys
+from pipelines.encode.signatures import Encoder, describe_export, needed_signatures, output_keys
 from pipelines.encode.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,15 @@ def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState
         raise EncodeError(f"--out {out} is a file; name a folder")
     tf.io.gfile.makedirs(out)
     state = output.JobState(out)
-    manifest = output.read_json(output.join(out, output.MANIFEST_FILE))
+    manifest, name = None, None
+    for name in (output.MANIFEST_FILE, output.LEGACY_MANIFEST_FILE):
+        if (manifest := output.read_json(output.join(out, name))) is not None:
+            break
     if manifest is not None and not overwrite:
-        raise EncodeError(f"{out} already holds a finished encoding ({output.MANIFEST_FILE}: "
-                          f"{manifest.get('rows')} rows, written {manifest.get('finished_utc')}); "
+        older = (f"; an earlier version of vae encode wrote it (this one names the manifest "
+                 f"{output.MANIFEST_FILE})" if name == output.LEGACY_MANIFEST_FILE else "")
+        raise EncodeError(f"{out} already holds a finished encoding ({name}: "
+                          f"{manifest.get('rows')} rows, written {manifest.get('finished_utc')}{older}); "
                           f"pass --overwrite to replace it, or choose another --out")
     recorded = state.job()
     if manifest is not None or (recorded is not None and recorded != identity and overwrite):
@@ -78,7 +84,7 @@ def encode(config: EncodeConfig) -> dict:
     """Encodes every input of `config` with the export's signatures into `config.out`.
 
     Returns:
-        The manifest, as written to `<out>/manifest.json`.
+        The manifest, as written to `<out>/_manifest.json`.
 
     Raises:
         EncodeError: bad arguments, a missing or unusable export or input, an output
@@ -87,14 +93,13 @@ def encode(config: EncodeConfig) -> dict:
     """
     started = time.monotonic()
     out = config.out if "://" in config.out else os.path.abspath(config.out)
+    info = describe_export(config.model, needed_signatures(config.log_likelihood, config.reconstruction_error))
+    columns = output_keys(config.log_likelihood, config.reconstruction_error)
     encoder = None
-    if config.runner == "local":
-        encoder = Encoder(config.model, config.log_likelihood, config.reconstruction_error)
-        info = encoder.info
-        columns = encoder.output_keys()
-    else:
-        info = describe_export(config.model)
-        columns = output_keys(config.log_likelihood, config.reconstruction_error)
+    if config.runner == "local":  # loads while the input opens and the first batches are read
+        loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode-load")
+        encoder = loader.submit(Encoder, info.path, config.log_likelihood, config.reconstruction_error)
+        loader.shutdown(wait=False)
     source = open_source(config, info.image_shape)
     identity = {"model": {"path": info.path, "version": info.version}, "input": source.identity(),
                 "options": config.identity()}

@@ -1,12 +1,14 @@
 """What a job writes: the row schema, Parquet/TFRecord shards, the job state, the manifest.
 
     <out>/part-00000-of-00007.parquet ...   one row per encoded input
-    <out>/manifest.json                     written last: the output is complete
+    <out>/_manifest.json                    written last: the output is complete
     <out>/.encode-state/job.json            while unfinished: the job's identity
     <out>/.encode-state/part-*.json         while unfinished: each finished shard
 
-A shard is written under a hidden temporary name and renamed when complete; then its
-record goes to `.encode-state/`. Files go through tf.io.gfile (local paths, gs://...).
+Everything but the shards starts with "_" or ".", names that Parquet readers (pyarrow,
+pandas, Spark, DuckDB) skip, so the folder itself reads as one dataset. A shard is
+written under a hidden temporary name and renamed when complete; then its record goes
+to `.encode-state/`. Files go through tf.io.gfile (local paths, gs://...).
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from pipelines.encode.signatures import RECONSTRUCTION_ERROR
 from serving import contract as C
 
 ID, INDEX, LABEL = "id", "index", "label"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = "_manifest.json"
+# Before the rename: a Parquet reader given the folder tripped over it. Such an output
+# is recognised (finished: replaced only with --overwrite) and removed with the rest.
+LEGACY_MANIFEST_FILE = "manifest.json"
 STATE_DIR = ".encode-state"
 JOB_FILE = "job.json"
 MANIFEST_VERSION = 1
@@ -191,7 +196,8 @@ class JobState:
 def is_ours(name: str) -> bool:
     """Whether a file in an output folder was written by an encode job."""
     name = name.rstrip("/")
-    return (name in (MANIFEST_FILE, MANIFEST_FILE + ".tmp", STATE_DIR) or SHARD_RE.match(name) is not None
+    manifests = (MANIFEST_FILE, MANIFEST_FILE + ".tmp", LEGACY_MANIFEST_FILE, LEGACY_MANIFEST_FILE + ".tmp")
+    return (name in manifests or name == STATE_DIR or SHARD_RE.match(name) is not None
             or (name.startswith(f".{PREFIX}-") and name.endswith(".tmp")) or name.startswith("beam-temp-"))
 
 

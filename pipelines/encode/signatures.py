@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import saved_model_pb2
 
 from pipelines.encode.config import EncodeError
 from serving import contract as C
@@ -87,29 +89,66 @@ def _read_json(path: str) -> dict:
         return {}
 
 
-def describe_export(path: str, loaded=None) -> ExportInfo:
-    """Reads name, version, image shape and latent size of the export at `path`.
+def _signature_defs(version_dir: str) -> dict:
+    """The export's signatures as written in `saved_model.pb` (read, not loaded: a few ms
+    instead of the whole load)."""
+    with tf.io.gfile.GFile(_join(version_dir, C.SAVED_MODEL_FILE), "rb") as f:
+        try:
+            saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+        except DecodeError as err:
+            raise EncodeError(f"cannot read {_join(version_dir, C.SAVED_MODEL_FILE)}: {err}") from None
+    graphs = list(saved_model.meta_graphs)
+    # What tf.saved_model.load takes: the only MetaGraph, or the one tagged "serve".
+    graph = graphs[0] if len(graphs) == 1 else next(
+        (g for g in graphs if tf.saved_model.SERVING in g.meta_info_def.tags), None)
+    if graph is None:
+        raise EncodeError(f"the export at {version_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}")
+    return dict(graph.signature_def)
+
+
+def _dims(tensor_info) -> list[int | None] | None:
+    shape = tensor_info.tensor_shape
+    return None if shape.unknown_rank else [d.size if d.size >= 0 else None for d in shape.dim]
+
+
+def needed_signatures(log_likelihood: bool = False, reconstruction_error: bool = False) -> list[str]:
+    """The signatures an encode job with these extra columns calls."""
+    return [C.ENCODE] + [C.LOG_LIKELIHOOD] * log_likelihood + [C.RECONSTRUCT] * reconstruction_error
+
+
+def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)) -> ExportInfo:
+    """Reads name, version, image shape and latent size of the export at `path`, without
+    loading it (from `saved_model.pb`'s signature definitions and `assets.extra`).
 
     The image shape comes from the `encode` signature's input; dimensions it leaves open
     are taken from `assets.extra/config.json` (`model.image_shape`).
+
+    Raises:
+        EncodeError: no export at `path`, or it lacks one of the `needed` signatures.
     """
     version_dir = resolve_version_dir(path)
-    loaded = loaded if loaded is not None else tf.saved_model.load(version_dir)
-    if C.ENCODE not in loaded.signatures:
+    signatures = _signature_defs(version_dir)
+    missing = [name for name in needed if name not in signatures]
+    if C.ENCODE in missing:
         raise EncodeError(f"the export at {version_dir} has no {C.ENCODE!r} signature "
-                          f"(signatures: {sorted(loaded.signatures.keys())})")
-    encode = loaded.signatures[C.ENCODE]
-    images_spec = encode.structured_input_signature[1][C.IMAGES]
+                          f"(signatures: {sorted(signatures)})")
+    if missing:
+        raise EncodeError(f"the export at {version_dir} lacks the signature(s) {missing}")
+    encode = signatures[C.ENCODE]
+    dims = _dims(encode.inputs[C.IMAGES]) if C.IMAGES in encode.inputs else None
     extra = _join(version_dir, C.ASSETS_EXTRA)
     config_shape = (_read_json(_join(extra, C.CONFIG_FILE)).get("model") or {}).get("image_shape")
-    shape = list(images_spec.shape)[1:]
+    shape = dims[1:] if dims is not None else [None, None, None]
     if any(d is None for d in shape):
         if not config_shape:
             raise EncodeError(f"cannot tell the image shape of the export at {version_dir}: the "
-                              f"{C.ENCODE!r} signature takes {images_spec.shape} and "
+                              f"{C.ENCODE!r} signature takes {dims} and "
                               f"{C.ASSETS_EXTRA}/{C.CONFIG_FILE} has no model.image_shape")
         shape = [d if d is not None else int(c) for d, c in zip(shape, config_shape)]
-    latent_dim = encode.structured_outputs[C.Z_MEAN].shape[-1]
+    latent = _dims(encode.outputs[C.Z_MEAN]) if C.Z_MEAN in encode.outputs else None
+    if not latent or latent[-1] is None:
+        raise EncodeError(f"the {C.ENCODE!r} signature of the export at {version_dir} does not "
+                          f"give the width of {C.Z_MEAN!r}")
     name = _read_json(_join(extra, C.CONTRACT_FILE)).get("model_name")
     folder = posixpath.basename(version_dir.rstrip("/"))
     parent = posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
@@ -118,7 +157,7 @@ def describe_export(path: str, loaded=None) -> ExportInfo:
         model_name=name or parent,
         version=int(folder) if folder.isdigit() else None,
         image_shape=tuple(int(d) for d in shape),
-        latent_dim=int(latent_dim),
+        latent_dim=int(latent[-1]),
     )
 
 
@@ -143,13 +182,9 @@ class Encoder:
     """
 
     def __init__(self, path: str, log_likelihood: bool = False, reconstruction_error: bool = False):
-        self.info_path = resolve_version_dir(path)
+        self.info = describe_export(path, needed_signatures(log_likelihood, reconstruction_error))
+        self.info_path = self.info.path
         self._loaded = tf.saved_model.load(self.info_path)
-        self.info = describe_export(self.info_path, self._loaded)
-        needed = [C.ENCODE] + [C.LOG_LIKELIHOOD] * log_likelihood + [C.RECONSTRUCT] * reconstruction_error
-        missing = [name for name in needed if name not in self._loaded.signatures]
-        if missing:
-            raise EncodeError(f"the export at {self.info_path} lacks the signature(s) {missing}")
         self._encode = self._loaded.signatures[C.ENCODE]
         self._log_likelihood = self._loaded.signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
         self._reconstruct = self._loaded.signatures[C.RECONSTRUCT] if reconstruction_error else None
@@ -157,11 +192,14 @@ class Encoder:
     def output_keys(self) -> list[str]:
         return output_keys(self._log_likelihood is not None, self._reconstruct is not None)
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, H, W, C) float32 -> columns by name, each with N rows."""
+    def __call__(self, images) -> dict[str, np.ndarray]:
+        """(N, H, W, C) float32, an array or a tensor -> columns by name, each with N rows.
+
+        Safe to call from several threads at once (the signatures are stateless)."""
         parts: dict[str, list[np.ndarray]] = {key: [] for key in self.output_keys()}
-        for start in range(0, len(images), C.MAX_BATCH):  # the signatures take MAX_BATCH rows
-            chunk = tf.constant(images[start:start + C.MAX_BATCH])
+        rows = len(images)
+        for start in range(0, rows, C.MAX_BATCH):  # the signatures take MAX_BATCH rows
+            chunk = tf.convert_to_tensor(images if rows <= C.MAX_BATCH else images[start:start + C.MAX_BATCH])
             encoded = self._encode(**{C.IMAGES: chunk})
             parts[C.Z_MEAN].append(encoded[C.Z_MEAN].numpy())
             parts[C.Z_LOG_VAR].append(encoded[C.Z_LOG_VAR].numpy())
@@ -172,7 +210,9 @@ class Encoder:
                 recon = self._reconstruct(**{C.IMAGES: chunk})[C.IMAGES]
                 error = tf.reduce_mean(tf.math.squared_difference(recon, chunk), axis=[1, 2, 3])
                 parts[RECONSTRUCTION_ERROR].append(error.numpy())
-        if not len(images):
+        if not rows:
             width = {C.Z_MEAN: (0, self.info.latent_dim), C.Z_LOG_VAR: (0, self.info.latent_dim)}
             return {key: np.zeros(width.get(key, (0,)), np.float32) for key in parts}
+        if len(parts[C.Z_MEAN]) == 1:
+            return {key: values[0] for key, values in parts.items()}
         return {key: np.concatenate(values) for key, values in parts.items()}

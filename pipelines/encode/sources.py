@@ -66,6 +66,9 @@ def _array_batch(indices, ids, labels, raw: np.ndarray, image_shape, resize) -> 
     """A block of same-shape raw pixels -> Batch, NaN/out-of-range rows left out."""
     pixels = I.to_unit_float(raw if raw.ndim == 4 else raw[..., None])
     bad = {} if raw.dtype == np.uint8 else I.bad_rows(pixels, I.scale_of(raw.dtype))
+    if not bad:  # the usual case: no per-row work
+        return Batch(indices=indices, ids=ids, labels=labels, bad=[],
+                     images=I.conform_batch(pixels, image_shape, resize))
     keep = [i for i in range(len(ids)) if i not in bad]
     return Batch(
         indices=[indices[i] for i in keep],

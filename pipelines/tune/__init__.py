@@ -6,8 +6,21 @@ every trial with `pipelines.train.fit`, then reports the trials and exports the 
 model. See `pipelines.tune.run` for the workdir layout.
 """
 
-from pipelines.tune.run import TuneError, tune
-from pipelines.tune.settings import TuneSettings
-from pipelines.tune.space import SearchSpace
+import importlib
 
-__all__ = ["SearchSpace", "TuneError", "TuneSettings", "tune"]
+# Loaded lazily (PEP 562): the `vae` parser reads `pipelines.tune.settings` without
+# loading Keras and TensorFlow.
+_WHERE = {
+    "SearchSpace": "pipelines.tune.space",
+    "TuneError": "pipelines.tune.run",
+    "TuneSettings": "pipelines.tune.settings",
+    "tune": "pipelines.tune.run",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'pipelines.tune' has no attribute {name!r}")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from model.config import ConfigBase, _require
+from pipelines.tune.names import OBJECTIVES, TUNERS
 
-TUNERS = ("hyperband", "bayesian", "random")
-OBJECTIVES = ("val_loss", "iwae_nll")
 # Trials of the Bayesian and random tuners when --max-trials is not given.
 DEFAULT_MAX_TRIALS = 20
 

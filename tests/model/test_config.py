@@ -1,5 +1,8 @@
 """Config validation, JSON round-trip and dotted overrides."""
 
+import subprocess
+import sys
+
 import pytest
 
 from model import ConfigError, ModelConfig
@@ -54,3 +57,17 @@ def test_bad_configs_name_the_field(make, field):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         RunConfig.load(tmp_path / "nope.json")
+
+
+def test_the_vae_parser_loads_without_the_model_package():
+    # Building the whole `vae` parser (what `vae --help` and `vae encode` pay before they
+    # run) must not load `model/`, whose import registers Keras layers.
+    code = (
+        "import sys\n"
+        "from pipelines.cli import build_parser\n"
+        "build_parser()\n"
+        "loaded = [m for m in sys.modules if m == 'model' or m.startswith(('model.', 'pipelines.train'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -68,7 +68,7 @@ def write_pngs(folder: Path, images: np.ndarray, names: list[str] | None = None)
 
 
 def manifest(out) -> dict:
-    return json.loads((Path(out) / "manifest.json").read_text())
+    return json.loads((Path(out) / "_manifest.json").read_text())
 
 
 def read_rows(out) -> pa.Table:

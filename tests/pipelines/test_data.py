@@ -55,6 +55,37 @@ def test_training_batches_are_dynamically_binarised(builder, tfds_dir):
     np.testing.assert_allclose(np.concatenate(first_epoch).mean(), grey.mean(), atol=0.02)
 
 
+def test_in_memory_epochs_are_fresh_permutations(builder, tfds_dir):
+    config = DataConfig(data_dir=tfds_dir)
+    split = "train[:1000]"
+    whole = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
+    known = {image.tobytes(): int(label) for image, label in
+             zip(whole["image"].numpy(), whole["label"].numpy())}
+    ds = data.in_memory_training_dataset(builder, config, split, 300, binarize=False, seed=3)
+    batches = [(x.numpy(), y.numpy()) for x, y in ds.take(6)]  # 2 epochs of 3 batches
+    epochs = []
+    for epoch in range(2):
+        keys = [(np.round(image * 255).astype(np.uint8).tobytes(), int(label))
+                for x, y in batches[3 * epoch:3 * epoch + 3] for image, label in zip(x, y)]
+        assert len(keys) == 900 and len({k for k, _ in keys}) == 900  # no repeats, 100 dropped
+        assert all(known[k] == label for k, label in keys)  # real examples, with their labels
+        epochs.append([k for k, _ in keys])
+    assert epochs[0] != epochs[1]
+    again = data.in_memory_training_dataset(builder, config, split, 300, binarize=False, seed=3)
+    np.testing.assert_array_equal(next(iter(again))[0].numpy(), batches[0][0])
+
+
+def test_in_memory_batches_are_dynamically_binarised(builder, tfds_dir):
+    config = DataConfig(data_dir=tfds_dir)
+    ds = data.in_memory_training_dataset(builder, config, "train[:512]", 512, binarize=True, seed=0)
+    first, second = [x.numpy() for x, _ in ds.take(2)]  # the same 512 images, two epochs
+    assert first.shape == (512, 28, 28, 1) and first.dtype == np.float32
+    assert set(np.unique(first)) <= {0.0, 1.0}
+    assert not np.array_equal(np.sort(first.reshape(512, -1), 0), np.sort(second.reshape(512, -1), 0))
+    grey = idx_split("train")[0].astype(np.float32) / 255
+    np.testing.assert_allclose(first.mean(), grey.mean(), atol=0.02)
+
+
 def test_grey_batches_keep_labels(builder, tfds_dir):
     config = DataConfig(data_dir=tfds_dir)
     ds = data.training_dataset(builder, config, "train[:300]", 100, binarize=False, seed=0)

@@ -67,9 +67,28 @@ def test_manifest_describes_the_output(test_split, tiny_export):
         data = (test_split / shard["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
         assert pq.read_metadata(test_split / shard["file"]).num_rows == shard["rows"]
-    assert sorted(p.name for p in test_split.iterdir()) == ["manifest.json"] + [s["file"] for s in m["shards"]]
+    assert sorted(p.name for p in test_split.iterdir()) == ["_manifest.json"] + [s["file"] for s in m["shards"]]
     schema = pq.read_schema(test_split / m["shards"][0]["file"])
     assert schema.field(C.Z_MEAN).type.list_size == 4 and schema.field("id").type == "string"
+
+
+def test_the_output_folder_reads_as_one_parquet_dataset(tiny_export, tfds_dir, tmp_path):
+    """The manifest and the job's state are named so that Parquet readers skip them."""
+    export_dir, _ = tiny_export
+    images, _ = fashion_images(tfds_dir, "test", 25)
+    np.save(tmp_path / "x.npy", images)
+    out = tmp_path / "out"
+    assert run(["--model", export_dir, "--npy", tmp_path / "x.npy", "--out", out, "--rows-per-shard", 10]) == 0
+    (out / ".encode-state").mkdir()  # as while a job runs: hidden, skipped too
+    (out / ".encode-state" / "job.json").write_text("{}")
+    expected = export_encode(export_dir, images.astype(np.float32) / 255)
+    for table in (pq.read_table(out), pq.ParquetDataset(out).read()):
+        assert table.num_rows == 25
+        np.testing.assert_array_equal(column(table, "index"), np.arange(25))  # shards in order
+        np.testing.assert_allclose(column(table, C.Z_MEAN), expected[C.Z_MEAN], rtol=1e-6, atol=1e-6)
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_parquet(out)
+    assert len(frame) == 25 and frame["id"].tolist() == [f"x.npy:{i}" for i in range(25)]
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def test_corrupt_png_stops_the_run_or_is_skipped_and_recorded(tiny_export, image
     assert run(args) == 2
     error = capsys.readouterr().err
     assert "bad input img_002.png: cannot decode the image" in error and "--skip-bad" in error
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     assert [p.name for p in sorted(out.glob("part-*"))] == ["part-00000-of-00003.parquet"]  # the shard before
 
     assert run(args + ["--skip-bad"]) == 0  # resumes: shard 0 is kept, the bad file is recorded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def test_sigkill_then_rerun_encodes_every_input_exactly_once(tiny_export, tfds_d
         job.wait(timeout=30)
         job.stderr.close()
     assert job.returncode == -signal.SIGKILL
-    assert not (out / "manifest.json").exists()
+    assert not (out / "_manifest.json").exists()
     finished_before = len(list(state.glob("part-*.json")))
     assert 2 <= finished_before < 12
 
@@ -58,7 +59,7 @@ def test_sigkill_then_rerun_encodes_every_input_exactly_once(tiny_export, tfds_d
     np.testing.assert_array_equal(column(table, "label"), labels)
     expected = export_encode(export_dir, images.astype(np.float32) / 255)
     np.testing.assert_allclose(column(table, C.Z_MEAN), expected[C.Z_MEAN], rtol=1e-6, atol=1e-6)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [s["file"] for s in m["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json"] + [s["file"] for s in m["shards"]]
 
 
 @pytest.fixture
@@ -75,11 +76,11 @@ def test_finished_output_needs_overwrite(tiny_export, npy_input, tmp_path, capsy
     out = tmp_path / "out"
     args = ["--model", export_dir, "--npy", npy_input, "--out", out, "--skip-bad"]
     assert run(args) == 0
-    before = (out / "manifest.json").read_bytes()
+    before = (out / "_manifest.json").read_bytes()
     assert run(args) == 2
     error = capsys.readouterr().err
     assert "already holds a finished encoding" in error and "--overwrite" in error
-    assert (out / "manifest.json").read_bytes() == before
+    assert (out / "_manifest.json").read_bytes() == before
     assert run(args + ["--reconstruction-error", "--overwrite"]) == 0
     assert "reconstruction_error" in read_rows(out).column_names
     assert manifest(out)["options"]["reconstruction_error"] is True
@@ -138,3 +139,31 @@ def test_a_damaged_finished_shard_is_encoded_again(tiny_export, npy_input, tmp_p
     assert m["runner"]["resumed_shards"] == 3 and [s["rows"] for s in m["shards"]] == [2, 2, 2, 2, 1]
     ids = read_rows(out).column("id").to_pylist()
     assert ids == [f"x.npy:{i}" for i in range(9)]
+
+
+def test_an_output_finished_under_the_old_manifest_name_is_still_guarded(tiny_export, npy_input, tmp_path, capsys):
+    export_dir, _ = tiny_export
+    out = tmp_path / "out"
+    args = ["--model", export_dir, "--npy", npy_input, "--out", out, "--skip-bad"]
+    assert run(args) == 0
+    (out / "_manifest.json").rename(out / "manifest.json")  # as written before the rename
+    assert run(args) == 2
+    error = capsys.readouterr().err
+    assert "already holds a finished encoding (manifest.json: 9 rows" in error and "--overwrite" in error
+    assert run(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000-of-00001.parquet"]
+
+
+@pytest.mark.slow
+def test_a_beam_rerun_starts_over_and_says_so(tiny_export, npy_input, tmp_path, caplog):
+    export_dir, _ = tiny_export
+    out = tmp_path / "out"
+    args = ["--model", export_dir, "--npy", npy_input, "--out", out, "--rows-per-shard", 2]
+    assert run(args) == 2  # the local runner stops at x.npy:9 with shards 0-3 written
+    with caplog.at_level(logging.WARNING, logger="pipelines.encode.beam"):
+        assert run(args + ["--skip-bad", "--runner", "beam"]) == 0
+    assert "holds 4 shard file(s) of an earlier unfinished run; a Beam run does not resume" in caplog.text
+    m = manifest(out)
+    assert (m["rows"], m["num_skipped"], m["runner"]["resumed_shards"]) == (9, 1, 0)
+    assert sorted(read_rows(out).column("id").to_pylist()) == sorted(f"x.npy:{i}" for i in range(9))
+    assert not (out / ".encode-state").exists()
