@@ -164,6 +164,12 @@ def _to_float(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
+def _binarize(x, seed):
+    """A Bernoulli draw of each intensity in [0, 1], stateless: keyed by an int64 [2] seed."""
+    noise = tf.random.stateless_uniform(tf.shape(x), seed=seed)
+    return tf.cast(noise < x, tf.float32)
+
+
 def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
                      seed: int, repeat: bool = False) -> tf.data.Dataset:
     """Shuffled batches of (images in [0, 1], labels) for training.
@@ -192,8 +198,7 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
         images, labels = batch
         x = _to_float(images)
         if binarize:
-            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([key, tf.constant(seed, tf.int64)]))
-            x = tf.cast(noise < x, tf.float32)
+            x = _binarize(x, tf.stack([key, tf.constant(seed, tf.int64)]))
         return x, labels
 
     ds = tf.data.Dataset.zip(ds, keys)
@@ -235,8 +240,7 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     def gather(index, number):
         x = _to_float(tf.gather(images, index))
         if binarize:
-            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([number, seed]))
-            x = tf.cast(noise < x, tf.float32)
+            x = _binarize(x, tf.stack([number, seed]))
         return x, tf.gather(labels, index)
 
     ds = tf.data.Dataset.counter().flat_map(epoch_batches)
@@ -258,8 +262,7 @@ def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int,
         image, label = example
         x = _to_float(image)
         if binarize:
-            noise = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([tf.cast(seed, tf.int64), index]))
-            x = tf.cast(noise < x, tf.float32)
+            x = _binarize(x, tf.stack([tf.cast(seed, tf.int64), index]))
         return x, label
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

@@ -34,7 +34,6 @@ from serving import contract as C
 from serving.tensors import dtype_name, fill_tensor_proto, from_tensor_proto
 
 log = logging.getLogger(__name__)
-SIGNATURE_DEF_FIELD = "signature_def"
 
 
 class ServingError(RuntimeError):
@@ -241,11 +240,11 @@ class VAEClient:
         Raises:
             ServingError: the server refused or failed the call.
         """
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF_FIELD])
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[C.SIGNATURE_DEF_FIELD])
         self._fill_spec(request.model_spec)
         response = self._call(self._predict.GetModelMetadata, request, "GetModelMetadata")
         definitions = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata[SIGNATURE_DEF_FIELD].Unpack(definitions)
+        response.metadata[C.SIGNATURE_DEF_FIELD].Unpack(definitions)
 
         def tensors(infos) -> dict:
             return {

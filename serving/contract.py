@@ -63,6 +63,8 @@ GRPC_PORT: Final = 8500
 REST_PORT: Final = 8501
 CONTAINER_MODEL_BASE_PATH: Final = f"/models/{MODEL_NAME}"
 HEALTH_SERVICE: Final = "tensorflow.serving.PredictionService"
+# The one GetModelMetadata field TF Serving answers: the signatures as a SignatureDefMap.
+SIGNATURE_DEF_FIELD: Final = "signature_def"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,6 @@ from serving.servable import RequestError, invalid
 from serving.tensors import fill_tensor_proto
 
 log = logging.getLogger(__name__)
-SIGNATURE_DEF_FIELD = "signature_def"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +141,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             if not request.metadata_field:
                 raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
             for field in request.metadata_field:
-                if field != SIGNATURE_DEF_FIELD:
+                if field != C.SIGNATURE_DEF_FIELD:
                     raise invalid(f"Metadata field {field} is not supported")
             servable = self._manager.lookup(request.model_spec)
         except RequestError as err:
@@ -153,7 +152,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        response.metadata[SIGNATURE_DEF_FIELD].Pack(definitions)
+        response.metadata[C.SIGNATURE_DEF_FIELD].Pack(definitions)
         return response
 
 

@@ -98,7 +98,8 @@ def encode(config: EncodeConfig) -> dict:
     encoder = None
     if config.runner == "local":  # loads while the input opens and the first batches are read
         loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode-load")
-        encoder = loader.submit(Encoder, info.path, config.log_likelihood, config.reconstruction_error)
+        encoder = loader.submit(Encoder, info.path, config.log_likelihood, config.reconstruction_error,
+                                info=info)
         loader.shutdown(wait=False)
     source = open_source(config, info.image_shape)
     identity = {"model": {"path": info.path, "version": info.version}, "input": source.identity(),

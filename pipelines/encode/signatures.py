@@ -175,16 +175,18 @@ class Encoder:
         log_likelihood: also return the `log_likelihood` signature's score per image.
         reconstruction_error: also return the mean squared error, over pixels, between
             each image and the `reconstruct` signature's output.
+        info: `describe_export` of `path` with these signatures, if the caller has it
+            already (otherwise it is read again).
 
     Example:
         >>> encoder = Encoder("exports/vae")
         >>> outputs = encoder(images)  # {"z_mean": (N, D), "z_log_var": (N, D)}
     """
 
-    def __init__(self, path: str, log_likelihood: bool = False, reconstruction_error: bool = False):
-        self.info = describe_export(path, needed_signatures(log_likelihood, reconstruction_error))
-        self.info_path = self.info.path
-        self._loaded = tf.saved_model.load(self.info_path)
+    def __init__(self, path: str, log_likelihood: bool = False, reconstruction_error: bool = False,
+                 info: ExportInfo | None = None):
+        self.info = info or describe_export(path, needed_signatures(log_likelihood, reconstruction_error))
+        self._loaded = tf.saved_model.load(self.info.path)
         self._encode = self._loaded.signatures[C.ENCODE]
         self._log_likelihood = self._loaded.signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
         self._reconstruct = self._loaded.signatures[C.RECONSTRUCT] if reconstruction_error else None
