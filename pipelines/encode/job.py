@@ -116,7 +116,7 @@ def encode(config: EncodeConfig) -> dict:
     else:
         from pipelines.encode.beam import run_beam
 
-        shards, resumed = run_beam(config, out, source, info, table_schema), 0
+        shards, resumed = run_beam(config, out, source, info, table_schema, state)
     skipped = list(source.problems)
     for shard in shards:
         skipped += shard.pop("skipped", [])

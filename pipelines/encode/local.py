@@ -214,13 +214,9 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
         EncodeError: a bad input without `config.skip_bad` (the shards before it are written).
     """
     total = len(source)
-    size = config.rows_per_shard
-    count = max(1, math.ceil(total / size))
-    names = [output.shard_name(k, count, config.output_format) for k in range(count)]
-    records = {k: r for k in range(count) if (r := state.finished(names[k])) is not None}
-    done_rows = sum(min(size, total - k * size) for k in records)
-    todo = [k for k in range(count) if k not in records]
-    resumed = len(records)
+    plan = output.ShardPlan.of(config, total, state)
+    size, names, todo = plan.size, plan.names, plan.todo
+    records = dict(plan.finished)
 
     def read() -> Iterator:
         """(Batch, its images as a tensor) of the unfinished shards, and after each run of
@@ -244,7 +240,7 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
     writer = _InOrder(_ShardWriter(config, state, names, todo, total, table_schema, records).handle,
                       depth=2 * ENCODE_CALLS, name="encode-writer")
     calls = concurrent.futures.ThreadPoolExecutor(ENCODE_CALLS, thread_name_prefix="encode-call")
-    progress = _Progress(total, done_rows, config.progress)
+    progress = _Progress(total, plan.finished_rows(), config.progress)
     in_flight: collections.deque = collections.deque()  # (Batch, Future of outputs) or (None, position)
 
     def hand_over() -> None:
@@ -284,4 +280,4 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
     calls.shutdown()
     writer.close()
     progress.close()
-    return [records[k] for k in range(count)], resumed
+    return [records[k] for k in range(len(names))], len(plan.finished)

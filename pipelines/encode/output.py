@@ -13,11 +13,14 @@ to `.encode-state/`. Files go through tf.io.gfile (local paths, gs://...).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import posixpath
 import re
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -125,7 +128,7 @@ def shard_record(out: str, name: str) -> dict:
 def write_shard(out: str, name: str, tables: list[pa.Table], table_schema: pa.Schema) -> dict:
     """Writes the rows of `tables` as shard `name`: a hidden temporary file, then a rename."""
     table = pa.concat_tables(tables) if tables else table_schema.empty_table()
-    temporary = join(out, f".{name}.tmp")
+    temporary = join(out, f".{name}.{uuid.uuid4().hex[:8]}.tmp")  # a retried Beam bundle may write it too
     if name.endswith(".parquet"):
         buffer = pa.BufferOutputStream()
         # Dictionaries and statistics suit the label and the ids, not the float vectors:
@@ -191,6 +194,36 @@ class JobState:
     def clear(self) -> None:
         if tf.io.gfile.exists(self.folder):
             tf.io.gfile.rmtree(self.folder)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """Which inputs go to which shard, and which shards an earlier run finished.
+
+    Shard k holds inputs [k * size, (k + 1) * size); an empty input still gets one (empty)
+    shard. Both runners follow it, so either resumes the other's unfinished output.
+    """
+
+    size: int
+    total: int
+    names: list[str]
+    finished: dict[int, dict]  # shard index -> record, for shards recorded with intact files
+    todo: list[int]
+
+    @classmethod
+    def of(cls, config, total: int, state: JobState) -> ShardPlan:
+        size = config.rows_per_shard
+        count = max(1, math.ceil(total / size))
+        names = [shard_name(k, count, config.output_format) for k in range(count)]
+        finished = {k: r for k in range(count) if (r := state.finished(names[k])) is not None}
+        return cls(size, total, names, finished, [k for k in range(count) if k not in finished])
+
+    def span(self, k: int) -> tuple[int, int]:
+        """(first input, one past the last) of shard k."""
+        return k * self.size, min((k + 1) * self.size, self.total)
+
+    def finished_rows(self) -> int:
+        return sum(stop - start for start, stop in map(self.span, self.finished))
 
 
 def is_ours(name: str) -> bool:

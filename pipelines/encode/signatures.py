@@ -1,8 +1,9 @@
 """The exported model as the batch encoder sees it: a SavedModel and its signatures.
 
-Nothing here imports `model/` or Keras: the export is loaded with `tf.saved_model.load`
-and called through the same `encode`, `reconstruct` and `log_likelihood` signatures the
-server uses, so an export written by any version of the training code can be encoded.
+Nothing here imports `model/` or Keras: the export's own `encode`, `reconstruct` and
+`log_likelihood` signatures, the ones the server calls, do the work (loaded alone by
+`loading.load_signatures`, or with `tf.saved_model.load` for exports it does not read), so
+an export written by any version of the training code can be encoded.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from pipelines.encode.config import EncodeError
+from pipelines.encode.loading import load_signatures
 from serving import contract as C
 
 RECONSTRUCTION_ERROR = "reconstruction_error"  # an output column, not a signature key
@@ -89,9 +91,9 @@ def _read_json(path: str) -> dict:
         return {}
 
 
-def _signature_defs(version_dir: str) -> dict:
-    """The export's signatures as written in `saved_model.pb` (read, not loaded: a few ms
-    instead of the whole load)."""
+def read_meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
+    """The export's serving MetaGraph as written in `saved_model.pb` (read, not loaded: a
+    few ms instead of the whole load)."""
     with tf.io.gfile.GFile(_join(version_dir, C.SAVED_MODEL_FILE), "rb") as f:
         try:
             saved_model = saved_model_pb2.SavedModel.FromString(f.read())
@@ -103,7 +105,7 @@ def _signature_defs(version_dir: str) -> dict:
         (g for g in graphs if tf.saved_model.SERVING in g.meta_info_def.tags), None)
     if graph is None:
         raise EncodeError(f"the export at {version_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}")
-    return dict(graph.signature_def)
+    return graph
 
 
 def _dims(tensor_info) -> list[int | None] | None:
@@ -127,7 +129,7 @@ def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)
         EncodeError: no export at `path`, or it lacks one of the `needed` signatures.
     """
     version_dir = resolve_version_dir(path)
-    signatures = _signature_defs(version_dir)
+    signatures = dict(read_meta_graph(version_dir).signature_def)
     missing = [name for name in needed if name not in signatures]
     if C.ENCODE in missing:
         raise EncodeError(f"the export at {version_dir} has no {C.ENCODE!r} signature "
@@ -178,6 +180,10 @@ class Encoder:
         info: `describe_export` of `path` with these signatures, if the caller has it
             already (otherwise it is read again).
 
+    Attributes:
+        loader: "signatures only" (`loading.load_signatures`: the needed functions and
+            variables alone) or "tf.saved_model.load" (exports that loader does not read).
+
     Example:
         >>> encoder = Encoder("exports/vae")
         >>> outputs = encoder(images)  # {"z_mean": (N, D), "z_log_var": (N, D)}
@@ -185,11 +191,16 @@ class Encoder:
 
     def __init__(self, path: str, log_likelihood: bool = False, reconstruction_error: bool = False,
                  info: ExportInfo | None = None):
-        self.info = info or describe_export(path, needed_signatures(log_likelihood, reconstruction_error))
-        self._loaded = tf.saved_model.load(self.info.path)
-        self._encode = self._loaded.signatures[C.ENCODE]
-        self._log_likelihood = self._loaded.signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
-        self._reconstruct = self._loaded.signatures[C.RECONSTRUCT] if reconstruction_error else None
+        needed = needed_signatures(log_likelihood, reconstruction_error)
+        self.info = info or describe_export(path, needed)
+        signatures = load_signatures(self.info.path, needed, read_meta_graph(self.info.path))
+        self.loader = "signatures only" if signatures is not None else "tf.saved_model.load"
+        if signatures is None:
+            signatures = tf.saved_model.load(self.info.path).signatures
+        self._encode = signatures[C.ENCODE]
+        self._log_likelihood = signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
+        self._reconstruct = signatures[C.RECONSTRUCT] if reconstruction_error else None
+        self(np.zeros((1, *self.info.image_shape), np.float32))  # warm-up: TF prepares each function on its first call
 
     def output_keys(self) -> list[str]:
         return output_keys(self._log_likelihood is not None, self._reconstruct is not None)

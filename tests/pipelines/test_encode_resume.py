@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -22,19 +21,16 @@ __all__ = ["tiny_export"]  # a fixture
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_encodes_every_input_exactly_once(tiny_export, tfds_dir, tmp_path):
-    export_dir, _ = tiny_export
-    out = tmp_path / "out"
-    args = ["--model", str(export_dir), "--dataset", "fashion_mnist", "--split", "train", "--data-dir",
-            tfds_dir, "--out", str(out), "--rows-per-shard", "5000", "--batch-size", "500"]
+def _kill_after_two_shards(args: list[str], out: Path) -> int:
+    """Runs `vae encode args` in a subprocess, SIGKILLs it once two shards are recorded;
+    returns how many were recorded by then."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     job = subprocess.Popen([sys.executable, "-m", "pipelines.encode_cli", *args], cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = out / ".encode-state"
     deadline = time.monotonic() + 120
     try:
-        while len(list(state.glob("part-*.json"))) < 2:  # two of twelve shards finished
+        while len(list(state.glob("part-*.json"))) < 2:
             assert job.poll() is None, job.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no shard finished in 120 s"
             time.sleep(0.02)
@@ -44,18 +40,32 @@ def test_sigkill_then_rerun_encodes_every_input_exactly_once(tiny_export, tfds_d
         job.stderr.close()
     assert job.returncode == -signal.SIGKILL
     assert not (out / "_manifest.json").exists()
-    finished_before = len(list(state.glob("part-*.json")))
-    assert 2 <= finished_before < 12
+    return len(list(state.glob("part-*.json")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner, split, total, rows_per_shard", [
+    ("local", "train", 60_000, 5000),
+    ("beam", "test", 10_000, 1000),  # the FnApiRunner, one process
+])
+def test_sigkill_then_rerun_encodes_every_input_exactly_once(runner, split, total, rows_per_shard, tiny_export,
+                                                             tfds_dir, tmp_path):
+    export_dir, _ = tiny_export
+    out = tmp_path / "out"
+    shards = total // rows_per_shard
+    args = ["--model", str(export_dir), "--dataset", "fashion_mnist", "--split", split, "--data-dir", tfds_dir,
+            "--out", str(out), "--rows-per-shard", str(rows_per_shard), "--batch-size", "500", "--runner", runner]
+    finished_before = _kill_after_two_shards(args, out)
+    assert 2 <= finished_before < shards
 
     assert run(args) == 0  # the same command again
     m = manifest(out)
     assert m["runner"]["resumed_shards"] == finished_before
-    assert (m["rows"], m["num_skipped"], len(m["shards"])) == (60_000, 0, 12)
+    assert (m["rows"], m["num_skipped"], len(m["shards"])) == (total, 0, shards)
     table = read_rows(out)
-    ids = table.column("id").to_pylist()
-    assert len(ids) == 60_000 and len(set(ids)) == 60_000  # no duplicates ...
-    assert set(ids) == {f"train:{i}" for i in range(60_000)}  # ... nothing missing
-    images, labels = fashion_images(tfds_dir, "train")
+    # every input once (no duplicates, nothing missing), in input order
+    assert table.column("id").to_pylist() == [f"{split}:{i}" for i in range(total)]
+    images, labels = fashion_images(tfds_dir, split)
     np.testing.assert_array_equal(column(table, "label"), labels)
     expected = export_encode(export_dir, images.astype(np.float32) / 255)
     np.testing.assert_allclose(column(table, C.Z_MEAN), expected[C.Z_MEAN], rtol=1e-6, atol=1e-6)
@@ -155,15 +165,17 @@ def test_an_output_finished_under_the_old_manifest_name_is_still_guarded(tiny_ex
 
 
 @pytest.mark.slow
-def test_a_beam_rerun_starts_over_and_says_so(tiny_export, npy_input, tmp_path, caplog):
+def test_a_beam_run_resumes_what_a_local_run_left(tiny_export, npy_input, tmp_path):
     export_dir, _ = tiny_export
     out = tmp_path / "out"
     args = ["--model", export_dir, "--npy", npy_input, "--out", out, "--rows-per-shard", 2]
     assert run(args) == 2  # the local runner stops at x.npy:9 with shards 0-3 written
-    with caplog.at_level(logging.WARNING, logger="pipelines.encode.beam"):
-        assert run(args + ["--skip-bad", "--runner", "beam"]) == 0
-    assert "holds 4 shard file(s) of an earlier unfinished run; a Beam run does not resume" in caplog.text
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert len(written) == 4
+    assert run(args + ["--skip-bad", "--runner", "beam"]) == 0
     m = manifest(out)
-    assert (m["rows"], m["num_skipped"], m["runner"]["resumed_shards"]) == (9, 1, 0)
-    assert sorted(read_rows(out).column("id").to_pylist()) == sorted(f"x.npy:{i}" for i in range(9))
+    assert (m["rows"], m["num_skipped"], m["runner"]["resumed_shards"]) == (9, 1, 4)
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in written.items())  # kept, not redone
+    assert read_rows(out).column("id").to_pylist() == [f"x.npy:{i}" for i in range(9)]
+    assert [b["id"] for b in m["skipped"]] == ["x.npy:9"]
     assert not (out / ".encode-state").exists()
