@@ -78,6 +78,8 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--grace-seconds", type=float, default=5.0, help="shutdown grace period")
     p.add_argument("--tf-intra-op-threads", type=int, default=0, help="TensorFlow intra-op threads (0: auto)")
     p.add_argument("--tf-inter-op-threads", type=int, default=0, help="TensorFlow inter-op threads (0: auto)")
+    p.add_argument("--cpus", default="", metavar="ID[,ID...]",
+                   help="confine the server to these CPUs, comma-separated (like taskset -c 0,1; default: all)")
     p.set_defaults(func=run_serve)
 
 
@@ -92,6 +94,12 @@ def server_options(args):
         if not sep or not label or not version.isdigit():
             raise ValueError(f"--version-label must look like LABEL=VERSION, got {item!r}")
         labels.append((label, int(version)))
+    try:
+        cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else ()
+    except ValueError:
+        raise ValueError(f"--cpus must be CPU ids separated by commas, got {args.cpus!r}") from None
+    if not set(cpus) <= os.sched_getaffinity(0):
+        raise ValueError(f"--cpus {args.cpus} not available; this process may use {sorted(os.sched_getaffinity(0))}")
     batching = None
     if args.batching_parameters_file and not args.enable_batching:
         raise ValueError("--batching-parameters-file needs --enable-batching (as in TF Serving)")
@@ -117,6 +125,7 @@ def server_options(args):
         grace_seconds=args.grace_seconds,
         tf_intra_op_threads=args.tf_intra_op_threads,
         tf_inter_op_threads=args.tf_inter_op_threads,
+        cpus=cpus,
     )
 
 

@@ -71,7 +71,10 @@ def test_serve_flags_become_server_options():
     assert (options.port, options.host, options.version_labels) == (9000, C.DEFAULT_HOST, (("stable", 3),))
     assert options.batching is not None and options.batching.max_batch_size > 1
     assert server_options(parse("serve", "--model-base-path", "x")).batching is None
-    for bad in (["--version-label", "stable"], ["--batching-parameters-file", "f.txt"]):
+    cpus = sorted(os.sched_getaffinity(0))
+    assert server_options(parse("serve", "--model-base-path", "x", "--cpus", f"{cpus[0]}")).cpus == (cpus[0],)
+    for bad in (["--version-label", "stable"], ["--batching-parameters-file", "f.txt"], ["--cpus", "0-1"],
+                ["--cpus", "-1"], ["--cpus", str(cpus[-1] + 1)]):
         with pytest.raises(ValueError):
             server_options(parse("serve", "--model-base-path", "x", *bad))
 
@@ -81,7 +84,7 @@ def test_serve_subprocess_answers_then_stops_on_sigterm(export_dir, tmp_path):
     port = free_port()
     command = [
         sys.executable, "-m", "serving.cli", "serve", "--model-base-path", str(export_dir.parent),
-        "--port", str(port), "--enable-batching",
+        "--port", str(port), "--enable-batching", "--cpus", str(min(os.sched_getaffinity(0))),
     ]
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
@@ -89,6 +92,9 @@ def test_serve_subprocess_answers_then_stops_on_sigterm(export_dir, tmp_path):
         with VAEClient(f"127.0.0.1:{port}") as client:
             assert client.wait_until_ready(timeout=60) == 1
             assert client.generate(4, seed=1).shape == (4, *IMAGE_SHAPE)
+        threads = [int(t) for t in os.listdir(f"/proc/{process.pid}/task")]
+        assert len(threads) > 3  # gRPC's and TensorFlow's threads, each confined:
+        assert {cpu for t in threads for cpu in os.sched_getaffinity(t)} == {min(os.sched_getaffinity(0))}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -96,4 +102,4 @@ def test_serve_subprocess_answers_then_stops_on_sigterm(export_dir, tmp_path):
             process.kill()
         log.close()
     text = (tmp_path / "serve.log").read_text()
-    assert "received SIGTERM" in text and "server stopped" in text
+    assert "received SIGTERM" in text and "server stopped" in text and "confined to CPUs" in text
