@@ -195,6 +195,9 @@ class Trainer:
             seconds = time.perf_counter() - began
             budget_used += seconds
             history.total_train_seconds = budget_used
+            if out_of_time and step == epoch_start:  # not one step of this epoch ran: nothing to log
+                log.info("time budget of %.0f s used up before epoch %d", max_seconds, epoch + 1)
+                break
             if epoch_start == 0 and not out_of_time:
                 history.train_seconds.append(seconds)
             val = self.validate(val_dataset)
@@ -225,6 +228,9 @@ class Trainer:
                         log.info("early stopping after epoch %d: val_loss has not improved "
                                  "for %d epochs (best %.3f)", epoch + 1, patience, best)
                         break
+            if max_seconds and budget_used >= max_seconds:  # rather than an epoch with no step
+                log.info("time budget of %.0f s used up at the end of epoch %d", max_seconds, epoch + 1)
+                break
         if best_weights is not None:
             self.vae.set_weights(best_weights)
         return history

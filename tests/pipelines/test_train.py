@@ -96,6 +96,17 @@ def test_time_budget_stops_training(tfds_dir, tmp_path):
     metrics = train(config, tmp_path, verbose=0)
     assert 4 <= metrics["train_seconds"] < 30
     assert 0 < metrics["optimizer_steps"] < 1000 * 100
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["loss"]) == metrics["epochs"] and np.isfinite(history["loss"]).all()
+
+
+def test_a_budget_spent_before_the_first_step_logs_no_epoch(tfds_dir, tmp_path):
+    """An epoch in which no step ran has no losses (not NaN ones)."""
+    config = small_config(tfds_dir, "train.epochs=3", "train.max_train_seconds=1e-9",
+                          "train.iwae_k=5", "train.eval_examples=200")
+    metrics = train(config, tmp_path, verbose=0)
+    assert (metrics["optimizer_steps"], metrics["epochs"]) == (0, 0)
+    assert json.loads((tmp_path / "history.json").read_text()) == {}
 
 
 @pytest.mark.parametrize(
