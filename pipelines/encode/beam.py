@@ -52,9 +52,9 @@ class EncodeShard(beam.DoFn):
     (shared by the DoFn instances of its threads)."""
 
     def __init__(self, config: EncodeConfig, out: str, source: Source, model_path: str, table_schema,
-                 names: list[str]):
+                 plan: output.ShardPlan):
         self._config, self._out, self._source, self._model_path = config, out, source, model_path
-        self._schema, self._names = table_schema, names
+        self._schema, self._plan = table_schema, plan
         self._shared = shared.Shared()
         self._encoder = None
 
@@ -70,15 +70,12 @@ class EncodeShard(beam.DoFn):
                 if not self._config.skip_bad:
                     raise bad_input_error(bad)
                 Metrics.counter("bad_inputs").inc()
-                skipped.append({"id": bad["id"], "index": bad["index"], "reason": bad["reason"]})
+                skipped.append(output.skipped_entry(bad))
             if batch.ids:
                 outputs = self._encoder(batch.images)
                 tables.append(output.to_table(batch.indices, batch.ids, batch.labels, outputs, self._schema))
                 Metrics.counter("rows").inc(len(batch.ids))
-        record = output.write_shard(self._out, self._names[k], tables, self._schema)
-        record.update(first_index=start, last_index=stop - 1, skipped=skipped)
-        output.JobState(self._out).finish(record)
-        yield record
+        yield output.finish_shard(output.JobState(self._out), self._plan, k, tables, self._schema, skipped)
 
 
 class Metrics:
@@ -98,7 +95,7 @@ def create_pipeline(pipeline: beam.Pipeline, config: EncodeConfig, out: str, sou
         pipeline
         | "Shards" >> beam.Create(spans)
         | "Spread" >> beam.Reshuffle()
-        | "EncodeShard" >> beam.ParDo(EncodeShard(config, out, source, info.path, table_schema, plan.names))
+        | "EncodeShard" >> beam.ParDo(EncodeShard(config, out, source, info.path, table_schema, plan))
     )
     return pipeline
 

@@ -153,11 +153,9 @@ class _ShardWriter:
     (all its inputs have been handed over), empty ones included.
     """
 
-    def __init__(self, config: EncodeConfig, state: output.JobState, names: list[str], todo: list[int],
-                 total: int, table_schema, records: dict):
-        self._config, self._state, self._names, self._schema = config, state, names, table_schema
-        self._size, self._total, self._records = config.rows_per_shard, total, records
-        self._pending = collections.deque(todo)  # unwritten shards, ascending
+    def __init__(self, plan: output.ShardPlan, state: output.JobState, table_schema, records: dict):
+        self._plan, self._state, self._schema, self._records = plan, state, table_schema, records
+        self._pending = collections.deque(plan.todo)  # unwritten shards, ascending
         self._current: int | None = None  # the shard whose rows are in _tables
         self._tables: list = []
         self._skipped: list[dict] = []
@@ -166,31 +164,26 @@ class _ShardWriter:
         kind, *args = message
         (self.rows if kind == "rows" else self.advance)(*args)
 
-    def _end(self, k: int) -> int:
-        return min((k + 1) * self._size, self._total)
-
     def rows(self, batch, outputs: dict[str, np.ndarray] | None) -> None:
         while batch.indices or batch.bad:
             first = min(batch.indices[:1] + [b["index"] for b in batch.bad[:1]])
-            k = first // self._size
-            self.advance(k * self._size)
+            k = first // self._plan.size
+            start, stop = self._plan.span(k)
+            self.advance(start)
             self._current = k
-            part, batch = batch.split(self._end(k))
+            part, batch = batch.split(stop)
             count = len(part.ids)
             if count:
                 self._tables.append(output.to_table(part.indices, part.ids, part.labels,
                                                     {key: v[:count] for key, v in outputs.items()}, self._schema))
                 outputs = {key: v[count:] for key, v in outputs.items()}
-            self._skipped += [{"id": b["id"], "index": b["index"], "reason": b["reason"]} for b in part.bad]
+            self._skipped += [output.skipped_entry(b) for b in part.bad]
 
     def advance(self, position: int) -> None:
-        while self._pending and self._end(self._pending[0]) <= position:
+        while self._pending and self._plan.span(self._pending[0])[1] <= position:
             k = self._pending.popleft()
             tables, skipped = (self._tables, self._skipped) if k == self._current else ([], [])
-            record = output.write_shard(self._config.out, self._names[k], tables, self._schema)
-            record.update(first_index=k * self._size, last_index=self._end(k) - 1, skipped=skipped)
-            self._state.finish(record)
-            self._records[k] = record
+            self._records[k] = output.finish_shard(self._state, self._plan, k, tables, self._schema, skipped)
             if k == self._current:
                 self._current, self._tables, self._skipped = None, [], []
 
@@ -213,9 +206,7 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
     Raises:
         EncodeError: a bad input without `config.skip_bad` (the shards before it are written).
     """
-    total = len(source)
-    plan = output.ShardPlan.of(config, total, state)
-    size, names, todo = plan.size, plan.names, plan.todo
+    plan = output.ShardPlan.of(config, len(source), state)
     records = dict(plan.finished)
 
     def read() -> Iterator:
@@ -225,9 +216,9 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
         Consecutive shards are read in one pass (a reader of a TFRecord file cannot seek:
         starting each shard anew would read the file again up to it). The tensor is made
         here, so the copy is not on the calling threads."""
-        for run in _runs(todo):
-            stop = min((run[-1] + 1) * size, total)
-            for batch in source.batches(run[0] * size, stop, config.batch_size):
+        for run in _runs(plan.todo):
+            stop = plan.span(run[-1])[1]
+            for batch in source.batches(plan.span(run[0])[0], stop, config.batch_size):
                 yield batch, tf.constant(batch.images)
             yield stop
 
@@ -237,10 +228,10 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
 
     batch_bytes = config.batch_size * 4 * math.prod(source.image_shape)
     depth = max(2, min(8, READ_AHEAD_BYTES // max(1, batch_bytes)))
-    writer = _InOrder(_ShardWriter(config, state, names, todo, total, table_schema, records).handle,
+    writer = _InOrder(_ShardWriter(plan, state, table_schema, records).handle,
                       depth=2 * ENCODE_CALLS, name="encode-writer")
     calls = concurrent.futures.ThreadPoolExecutor(ENCODE_CALLS, thread_name_prefix="encode-call")
-    progress = _Progress(total, plan.finished_rows(), config.progress)
+    progress = _Progress(plan.total, plan.finished_rows(), config.progress)
     in_flight: collections.deque = collections.deque()  # (Batch, Future of outputs) or (None, position)
 
     def hand_over() -> None:
@@ -280,4 +271,4 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
     calls.shutdown()
     writer.close()
     progress.close()
-    return [records[k] for k in range(len(names))], len(plan.finished)
+    return [records[k] for k in range(len(plan.names))], len(plan.finished)

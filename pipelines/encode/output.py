@@ -226,6 +226,21 @@ class ShardPlan:
         return sum(stop - start for start, stop in map(self.span, self.finished))
 
 
+def skipped_entry(bad: dict) -> dict:
+    """A bad input as the manifest's `skipped` lists it."""
+    return {"id": bad["id"], "index": bad["index"], "reason": bad["reason"]}
+
+
+def finish_shard(state: JobState, plan: ShardPlan, k: int, tables: list[pa.Table], table_schema: pa.Schema,
+                 skipped: list[dict]) -> dict:
+    """Writes shard k of `plan` into the job's folder and records it; returns its record."""
+    record = write_shard(state.out, plan.names[k], tables, table_schema)
+    start, stop = plan.span(k)
+    record.update(first_index=start, last_index=stop - 1, skipped=skipped)
+    state.finish(record)
+    return record
+
+
 def is_ours(name: str) -> bool:
     """Whether a file in an output folder was written by an encode job."""
     name = name.rstrip("/")
