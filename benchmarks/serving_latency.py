@@ -34,6 +34,8 @@ from serving import contract as C  # noqa: E402
 
 # === Shared with serving_throughput.py ===
 ROOT = Path(__file__).resolve().parents[1]
+# `vae` with this interpreter: the one main of pipelines/cli.py.
+VAE = (sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
 def export_default_model(base_dir: Path) -> Path:
@@ -63,12 +65,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_subprocess(model_dir: Path, batching: bool, extra: tuple[str, ...] = ()):
-    """Runs `python -m serving.cli serve` on a free port; yields the target; SIGTERMs it."""
+    """Runs `vae serve` on a free port; yields the target; SIGTERMs it."""
     from serving.client import VAEClient
 
     port = free_port()
-    command = [sys.executable, "-m", "serving.cli", "serve", "--model-base-path", str(model_dir),
-               "--port", str(port), *extra]
+    command = [*VAE, "serve", "--model-base-path", str(model_dir), "--port", str(port), *extra]
     if batching:
         parameters = ROOT / "serving" / "batching_parameters.txt"
         command += ["--enable-batching", "--batching-parameters-file", str(parameters)]
@@ -98,6 +99,22 @@ def load_average() -> str:
 
 
 # === Latency ===
+def latest_generate(model_dir: Path):
+    """(the in-process `Servable` of the latest version, its `generate` signature)."""
+    from serving.layout import list_versions
+    from serving.servable import Servable
+
+    version = list_versions(model_dir)[-1]
+    servable = Servable(C.MODEL_NAME, version, model_dir / str(version))
+    return servable, servable.signatures[C.GENERATE]
+
+
+def generate_inputs(seed: int, num_samples: int) -> dict[str, np.ndarray]:
+    """The `generate` request of one timed call: `num_samples` images, seed (seed, 0)."""
+    return {C.NUM_SAMPLES: np.int32(num_samples), C.SEED: np.asarray([seed, 0], np.int64),
+            C.TEMPERATURE: np.float32(1.0)}
+
+
 def time_calls(call, requests: int, offset: int = 0) -> list[float]:
     samples = []
     for i in range(offset, offset + requests):
@@ -121,17 +138,13 @@ def main() -> None:
     import tensorflow as tf
 
     from serving.client import VAEClient
-    from serving.servable import Servable
 
     model_dir, cleanup = model_path(args.export_dir)
     with cleanup:
-        version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-        servable = Servable(C.MODEL_NAME, version, model_dir / str(version))
-        signature = servable.signatures[C.GENERATE]
+        servable, signature = latest_generate(model_dir)
 
         def inputs(i: int) -> dict[str, np.ndarray]:
-            return {C.NUM_SAMPLES: np.int32(args.num_samples), C.SEED: np.asarray([i, 0], np.int64),
-                    C.TEMPERATURE: np.float32(1.0)}
+            return generate_inputs(i, args.num_samples)
 
         def public_call(i: int) -> np.ndarray:
             tensors = {k: tf.constant(v) for k, v in inputs(i).items()}

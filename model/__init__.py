@@ -1,20 +1,35 @@
-"""The VAE model: configs, layers, networks, the model and its evaluation. No I/O here."""
+"""The VAE models (`vae`, the conditional `cvae`, the semi-supervised `m2`): configs,
+layers, networks, the models and their evaluation. No I/O here.
 
-from model.config import ConfigBase, ConfigError, ModelConfig
-from model.layers import BernoulliLikelihood, GaussianLikelihood, Sampling
-from model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from model.vae import VAE
+Loaded lazily (PEP 562): `model.config` alone loads neither Keras nor TensorFlow (the
+`vae` parser reads its choices); `from model import VAE` (or `model_class`) loads the models and registers
+every custom Keras object, which `keras.models.load_model` needs.
+"""
 
-__all__ = [
-    "BernoulliLikelihood",
-    "ConfigBase",
-    "ConfigError",
-    "ConvDecoder",
-    "ConvEncoder",
-    "GaussianLikelihood",
-    "MLPDecoder",
-    "MLPEncoder",
-    "ModelConfig",
-    "Sampling",
-    "VAE",
-]
+from core.lazy import lazy_attributes
+
+_WHERE = {
+    "CVAE": "model.cvae",
+    "ConvClassifier": "model.classifiers",
+    "HalfCondition": "model.conditions",
+    "LabelCondition": "model.conditions",
+    "M2": "model.m2",
+    "MLPClassifier": "model.classifiers",
+    "MODEL_CLASSES": "model.kinds",
+    "model_class": "model.kinds",
+    "ConfigBase": "model.config",
+    "ConfigError": "model.config",
+    "ModelConfig": "model.config",
+    "BernoulliLikelihood": "model.layers",
+    "GaussianLikelihood": "model.layers",
+    "Sampling": "model.layers",
+    "ConvDecoder": "model.networks",
+    "ConvEncoder": "model.networks",
+    "MLPDecoder": "model.networks",
+    "MLPEncoder": "model.networks",
+    "VAE": "model.vae",
+}
+
+__all__ = sorted(_WHERE)
+
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -1,159 +1,22 @@
-"""Typed, frozen configuration for the VAE model.
-
-`ConfigBase` gives every config dataclass of the project the same JSON round-trip and
-dotted command-line overrides; `ModelConfig` describes the networks and the objective.
-"""
+"""Typed, frozen configuration of the VAE model: the networks and the objective."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
-from typing import Any, TypeVar
 
-C = TypeVar("C", bound="ConfigBase")
+from core.config import ConfigBase, ConfigError, require, require_choice
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
-
-
-def _coerce(cls_name: str, name: str, hint: Any, value: Any) -> Any:
-    """Converts a JSON or command-line value to the field's declared type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    where = f"{cls_name}.{name}"
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(cls_name, name, inner, value)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace(" ", "").split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        inner = args[0]
-        if len(args) != 2 or args[1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where} must have {len(args)} entries, got {list(value)}")
-            return tuple(_coerce(cls_name, name, a, v) for a, v in zip(args, value))
-        return tuple(_coerce(cls_name, name, inner, v) for v in value)
-    if hint is bool:
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
-    if hint is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where} must be a number, got {value!r}") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
-    if isinstance(hint, type) and issubclass(hint, ConfigBase):
-        if isinstance(value, hint):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be an object, got {value!r}")
-        return hint.from_dict(value)
-    return value
-
-
-class ConfigBase:
-    """JSON round-trip and overrides for frozen config dataclasses."""
-
-    @classmethod
-    def _hints(cls) -> dict[str, Any]:
-        return typing.get_type_hints(cls)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, ConfigBase):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
-        hints = cls._hints()
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}"
-            )
-        values = {k: _coerce(cls.__name__, k, hints[k], v) for k, v in data.items()}
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls: type[C], text: str) -> C:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{cls.__name__}: not valid JSON ({err})") from None
-        return cls.from_dict(data)
-
-    def override(self: C, assignment: str) -> C:
-        """Returns a copy with one dotted `path=value` assignment applied.
-
-        The value is parsed as JSON when it can be (`3`, `1e-3`, `[64, 32]`, `true`),
-        otherwise it is taken as a string; lists may also be written `64,32`.
-        """
-        path, sep, raw = assignment.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"override {assignment!r} must look like section.field=value")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        return self._override_path(path.strip().split("."), value, assignment)
-
-    def _override_path(self: C, parts: list[str], value: Any, assignment: str) -> C:
-        name = parts[0]
-        fields = {f.name for f in dataclasses.fields(self)}
-        if name not in fields:
-            raise ConfigError(
-                f"override {assignment!r}: {type(self).__name__} has no field {name!r}; "
-                f"known fields: {sorted(fields)}"
-            )
-        current = getattr(self, name)
-        if len(parts) > 1:
-            if not isinstance(current, ConfigBase):
-                raise ConfigError(f"override {assignment!r}: {name!r} is not a section")
-            new = current._override_path(parts[1:], value, assignment)
-        else:
-            new = _coerce(type(self).__name__, name, self._hints()[name], value)
-        return dataclasses.replace(self, **{name: new})
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
+__all__ = ["ARCHITECTURES", "CONDITIONS", "HALF_CONDITIONS", "KINDS", "LIKELIHOODS", "ConfigBase",
+           "ConfigError", "ModelConfig"]
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
+# vae: p(x|z); cvae: q(z|x,y), p(x|z,y); m2: the cvae on labels plus a classifier q(y|x).
+KINDS = ("vae", "cvae", "m2")
+# What a cvae is conditioned on: the class label, or one observed half of the image (the
+# model's x is then the other half).
+HALF_CONDITIONS = ("left_half", "right_half", "top_half", "bottom_half")
+CONDITIONS = ("label", *HALF_CONDITIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +38,18 @@ class ModelConfig(ConfigBase):
         learn_gaussian_scale: learn the Gaussian log-scale (one scalar) by SGD.
         beta: weight of the KL term in the training objective.
         kl_warmup_steps: optimizer steps over which the KL weight ramps from 0 to beta.
+        kind: `"vae"`, `"cvae"` (conditional) or `"m2"` (semi-supervised: a label cvae
+            plus a classifier q(y|x); unlabelled examples carry the label -1).
+        condition: what a cvae is conditioned on: `"label"` (one-hot class) or the
+            observed half, `"left_half"`, `"right_half"`, `"top_half"`, `"bottom_half"`.
+            A `"vae"` and an `"m2"` keep the default `"label"`.
+        num_classes: classes of a label-conditioned model (the training pipeline sets it
+            from the dataset).
+        alpha: M2's weight of the classification loss -log q(y|x) per labelled example
+            (the paper's alpha = 0.1 N on its summed objective is 0.1 * N / N_labelled
+            here). None: the training pipeline fills in 0.1 * (N / N_labelled)^2, which
+            measured better with few labels (`pipelines.train.inputs.resolve_model`); an
+            M2 built directly needs a number.
     """
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -189,51 +64,48 @@ class ModelConfig(ConfigBase):
     learn_gaussian_scale: bool = True
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    kind: str = "vae"
+    condition: str = "label"
+    num_classes: int = 10
+    alpha: float | None = None
+
+    @property
+    def labels_condition(self) -> bool:
+        """Whether the model is conditioned on (or classifies) the class label."""
+        return self.kind != "vae" and self.condition == "label"
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _require(
-            len(self.image_shape) == 3 and all(isinstance(d, int) and d > 0 for d in self.image_shape),
-            f"{name}.image_shape must be three positive integers (H, W, C), got {self.image_shape!r}",
-        )
-        _require(
-            self.architecture in ARCHITECTURES,
-            f"{name}.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}",
-        )
-        _require(
-            isinstance(self.latent_dim, int) and self.latent_dim > 0,
-            f"{name}.latent_dim must be a positive integer, got {self.latent_dim!r}",
-        )
-        _require(
-            all(isinstance(u, int) and u > 0 for u in self.hidden_units),
-            f"{name}.hidden_units must be positive integers, got {self.hidden_units!r}",
-        )
-        _require(
-            self.architecture != "mlp" or len(self.hidden_units) > 0,
-            f"{name}.hidden_units must not be empty for the mlp architecture",
-        )
-        _require(
-            all(isinstance(f, int) and f > 0 for f in self.conv_filters),
-            f"{name}.conv_filters must be positive integers, got {self.conv_filters!r}",
-        )
-        _require(
-            self.architecture != "conv" or len(self.conv_filters) > 0,
-            f"{name}.conv_filters must not be empty for the conv architecture",
-        )
-        _require(
-            isinstance(self.kernel_size, int) and self.kernel_size > 0,
-            f"{name}.kernel_size must be a positive integer, got {self.kernel_size!r}",
-        )
-        _require(
-            self.likelihood in LIKELIHOODS,
-            f"{name}.likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}",
-        )
-        _require(self.beta >= 0, f"{name}.beta must be >= 0, got {self.beta!r}")
-        _require(
-            isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
-            f"{name}.kl_warmup_steps must be an integer >= 0, got {self.kl_warmup_steps!r}",
-        )
-        _require(
-            -20.0 <= self.gaussian_log_scale <= 20.0,
-            f"{name}.gaussian_log_scale must be within [-20, 20], got {self.gaussian_log_scale!r}",
-        )
+        require(self, "image_shape", len(self.image_shape) == 3
+                and all(isinstance(d, int) and d > 0 for d in self.image_shape),
+                "must be three positive integers (H, W, C)")
+        require_choice(self, "architecture", ARCHITECTURES)
+        require(self, "latent_dim", isinstance(self.latent_dim, int) and self.latent_dim > 0,
+                "must be a positive integer")
+        require(self, "hidden_units", all(isinstance(u, int) and u > 0 for u in self.hidden_units),
+                "must be positive integers")
+        require(self, "hidden_units", self.architecture != "mlp" or len(self.hidden_units) > 0,
+                "must not be empty for the mlp architecture")
+        require(self, "conv_filters", all(isinstance(f, int) and f > 0 for f in self.conv_filters),
+                "must be positive integers")
+        require(self, "conv_filters", self.architecture != "conv" or len(self.conv_filters) > 0,
+                "must not be empty for the conv architecture")
+        require(self, "kernel_size", isinstance(self.kernel_size, int) and self.kernel_size > 0,
+                "must be a positive integer")
+        require_choice(self, "likelihood", LIKELIHOODS)
+        require(self, "beta", self.beta >= 0, "must be >= 0")
+        require(self, "kl_warmup_steps", isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
+                "must be an integer >= 0")
+        require(self, "gaussian_log_scale", -20.0 <= self.gaussian_log_scale <= 20.0,
+                "must be within [-20, 20]")
+        require_choice(self, "kind", KINDS)
+        require_choice(self, "condition", CONDITIONS)
+        require(self, "condition", self.kind == "cvae" or self.condition == "label",
+                f"must be 'label' for model.kind={self.kind!r} (only a cvae is conditioned on a half)")
+        require(self, "num_classes", isinstance(self.num_classes, int) and self.num_classes >= 2,
+                "must be an integer >= 2")
+        require(self, "alpha", self.alpha is None or self.alpha >= 0, "must be >= 0 or null")
+        require(self, "alpha", self.alpha is None or self.kind == "m2", "is only used by model.kind='m2'")
+        if self.condition in HALF_CONDITIONS:
+            axis = 0 if self.condition in ("top_half", "bottom_half") else 1  # rows or columns
+            require(self, "image_shape", self.image_shape[axis] >= 2,
+                    f"must have at least 2 {'rows' if axis == 0 else 'columns'} to split in halves")

@@ -1,7 +1,10 @@
 """Per-example evaluation of a trained VAE: the ELBO and the IWAE estimate of log p(x).
 
 Both use stateless random draws, so a seed gives the same numbers in eager code, in a
-`tf.function` and inside an exported SavedModel.
+`tf.function` and inside an exported SavedModel. They work on the model's `x` and an
+optional condition vector `c` (a conditional VAE's y): `model.posterior(x, c)` is
+q(z|x, y) and `model.decode_params(z, c)` the parameters of p(x|z, y); with `c = None`
+they are q(z|x) and p(x|z), and the IWAE estimates log p(x) (log p(x|y) otherwise).
 """
 
 from __future__ import annotations
@@ -30,12 +33,19 @@ def _posterior_draws(z_mean, z_log_var, num, seed):
     return z_mean[None] + ops.exp(0.5 * z_log_var)[None] * eps
 
 
-def negative_elbo(model, images, seed=0):
-    """The single-sample negative ELBO of each image, with beta = 1: (B, H, W, C) -> (B,)."""
+def negative_elbo(model, images, seed=0, condition=None):
+    """The single-sample negative ELBO of each x (given c), with beta = 1: -> (B,).
+
+    Args:
+        model: anything with `posterior`, `decode_params` and `likelihood`.
+        images: the model's x, (B, H, W, C).
+        seed: an int or an int64[2] tensor.
+        condition: the condition vectors (B, C), or None.
+    """
     images = tf.convert_to_tensor(images, tf.float32)
-    z_mean, z_log_var = model.encode(images)
+    z_mean, z_log_var = model.posterior(images, condition)
     z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
-    reconstruction = model.likelihood.nll(images, model.decode_params(z))
+    reconstruction = model.likelihood.nll(images, model.decode_params(z, condition))
     return reconstruction + losses.kl_divergence(z_mean, z_log_var)
 
 
@@ -45,23 +55,25 @@ def iwae_chunk_size(batch: int, image_shape, num_samples: int) -> int:
     return max(1, min(num_samples, IWAE_MEMORY_BUDGET // per_sample))
 
 
-def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None):
-    """The k-sample importance-weighted estimate of log p(x) per image: -> (B,) nats.
+def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None,
+                        condition=None):
+    """The k-sample importance-weighted estimate of log p(x) (or log p(x|y)) per image: -> (B,).
 
     log p(x) ~= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). It is a lower
     bound that tightens as k grows (k = 1 is the ELBO). The k draws are taken in chunks
     so that k = 5000 fits in memory; the chunks are combined with a log-sum-exp.
 
     Args:
-        model: a VAE (anything with `encode`, `decode_params` and `likelihood`).
-        images: (B, H, W, C) floats.
+        model: a VAE (anything with `posterior`, `decode_params` and `likelihood`).
+        images: the model's x, (B, H, W, C) floats.
         num_samples: k, a Python int.
         seed: an int or an int64[2] tensor.
         chunk_size: draws per chunk; by default as many as `IWAE_MEMORY_BUDGET` allows.
+        condition: the condition vectors (B, C) of q(z|x, y) and p(x|z, y), or None.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     seed = as_seed(seed)
-    z_mean, z_log_var = model.encode(images)  # (B, D)
+    z_mean, z_log_var = model.posterior(images, condition)  # (B, D)
     batch = tf.shape(images)[0]
     image_shape = images.shape[1:]
     if chunk_size is None:
@@ -76,7 +88,11 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
         tiled = tf.reshape(
             tf.broadcast_to(images[None], (count, batch, *image_shape)), (-1, *image_shape)
         )  # (c*B, H, W, C)
-        log_px_z = -tf.reshape(model.likelihood.nll(tiled, model.decode_params(flat_z)), (count, batch))
+        tiled_condition = None
+        if condition is not None:
+            tiled_condition = tf.tile(tf.convert_to_tensor(condition, tf.float32), [count, 1])  # (c*B, C)
+        params = model.decode_params(flat_z, tiled_condition)
+        log_px_z = -tf.reshape(model.likelihood.nll(tiled, params), (count, batch))
         log_w = (
             log_px_z
             + losses.log_standard_normal(z)
@@ -86,7 +102,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     return tf.reduce_logsumexp(tf.stack(chunk_totals), axis=0) - math.log(num_samples)
 
 
-def kl_per_unit(model, images):
-    """The closed-form KL of each latent unit for each image: -> (B, D)."""
-    z_mean, z_log_var = model.encode(images)
+def kl_per_unit(model, images, condition=None):
+    """The closed-form KL of each latent unit for each x (given c): -> (B, D)."""
+    z_mean, z_log_var = model.posterior(images, condition)
     return losses.kl_per_unit(z_mean, z_log_var)

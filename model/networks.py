@@ -17,13 +17,36 @@ def _stack(x, stack):
     return x
 
 
+def _with_condition(h, condition):
+    """Appends the condition vector to the features: (B, F), (B, C) -> (B, F + C)."""
+    if condition is None:
+        return h
+    return ops.concatenate([h, ops.cast(condition, h.dtype)], axis=-1)
+
+
 class _Network(keras.layers.Layer):
     """A layer made of sublayers: `build` runs `call` once on a symbolic input, so that
-    every sublayer is built with its real input shape (needed to reload saved weights)."""
+    every sublayer is built with its real input shape (needed to reload saved weights).
+
+    A network with `condition_dim > 0` also takes a condition vector (B, condition_dim)
+    as its second argument (a conditional VAE's y); the encoders append it to the
+    features before the dense layers, the decoders to z.
+    """
+
+    condition_dim = 0
 
     def build(self, input_shape):
-        self.call(keras.KerasTensor(input_shape))
+        condition = None
+        if self.condition_dim:
+            condition = keras.KerasTensor((input_shape[0], self.condition_dim))
+        self.call(keras.KerasTensor(input_shape), condition)
         self.built = True
+
+    def build_from_config(self, config):
+        # Called with both inputs, Keras records a shape per input; the first is enough.
+        if config and "shapes_dict" in config:
+            config = {"input_shape": next(iter(config["shapes_dict"].values()))}
+        super().build_from_config(config)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -34,24 +57,29 @@ class MLPEncoder(_Network):
         latent_dim: size of z.
         hidden_units: widths of the hidden layers.
         activation: hidden activation.
+        condition_dim: size of the condition vector y of q(z|x, y) (0: unconditional).
 
     Example:
         >>> z_mean, z_log_var = MLPEncoder(2, (64,))(images)  # (B, 2), (B, 2)
+        >>> z_mean, z_log_var = MLPEncoder(2, (64,), condition_dim=10)(images, one_hot)
     """
 
-    def __init__(self, latent_dim: int, hidden_units=(512, 256), activation="relu", **kwargs):
+    def __init__(self, latent_dim: int, hidden_units=(512, 256), activation="relu",
+                 condition_dim: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
+        self.condition_dim = int(condition_dim)
         # === Layers ===
         self.flatten = layers.Flatten()
         self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units]
         self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
         self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
 
-    def call(self, images):
-        h = _stack(self.flatten(images), self.hidden)  # (B, units)
+    def call(self, images, condition=None):
+        h = _with_condition(self.flatten(images), condition)  # (B, H*W*C [+ condition_dim])
+        h = _stack(h, self.hidden)  # (B, units)
         return self.mean_head(h), self.log_var_head(h)
 
     def compute_output_shape(self, input_shape):
@@ -64,6 +92,7 @@ class MLPEncoder(_Network):
             "latent_dim": self.latent_dim,
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
+            "condition_dim": self.condition_dim,
         }
 
 
@@ -75,20 +104,23 @@ class MLPDecoder(_Network):
         image_shape: (H, W, C) of the output.
         hidden_units: widths of the hidden layers, in encoder order (used reversed).
         activation: hidden activation.
+        condition_dim: size of the condition vector y of p(x|z, y) (0: unconditional).
     """
 
-    def __init__(self, image_shape, hidden_units=(512, 256), activation="relu", **kwargs):
+    def __init__(self, image_shape, hidden_units=(512, 256), activation="relu",
+                 condition_dim: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
+        self.condition_dim = int(condition_dim)
         # === Layers ===
         self.hidden = [layers.Dense(u, activation=activation) for u in reversed(self.hidden_units)]
         self.out = layers.Dense(math.prod(self.image_shape), name="pixels")
         self.reshape = layers.Reshape(self.image_shape)
 
-    def call(self, z):
-        h = _stack(z, self.hidden)  # (B, units)
+    def call(self, z, condition=None):
+        h = _stack(_with_condition(z, condition), self.hidden)  # (B, units)
         return self.reshape(self.out(h))  # (B, H, W, C)
 
     def compute_output_shape(self, input_shape):
@@ -101,6 +133,7 @@ class MLPDecoder(_Network):
             "image_shape": list(self.image_shape),
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
+            "condition_dim": self.condition_dim,
         }
 
 
@@ -115,6 +148,8 @@ class ConvEncoder(_Network):
             convolutions.
         kernel_size: convolution kernel size.
         activation: hidden activation.
+        condition_dim: size of the condition vector y of q(z|x, y), appended to the
+            flattened convolution features (0: unconditional).
     """
 
     def __init__(
@@ -124,9 +159,11 @@ class ConvEncoder(_Network):
         hidden_units=(),
         kernel_size=3,
         activation="relu",
+        condition_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.condition_dim = int(condition_dim)
         self.latent_dim = int(latent_dim)
         self.conv_filters = tuple(int(f) for f in conv_filters)
         self.hidden_units = tuple(int(u) for u in hidden_units)
@@ -142,9 +179,10 @@ class ConvEncoder(_Network):
         self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
         self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
 
-    def call(self, images):
+    def call(self, images, condition=None):
         h = _stack(images, self.convs)  # (B, H/2^n, W/2^n, F)
-        h = _stack(self.flatten(h), self.hidden)  # (B, units)
+        h = _with_condition(self.flatten(h), condition)  # (B, features [+ condition_dim])
+        h = _stack(h, self.hidden)  # (B, units)
         return self.mean_head(h), self.log_var_head(h)
 
     def compute_output_shape(self, input_shape):
@@ -159,6 +197,7 @@ class ConvEncoder(_Network):
             "hidden_units": list(self.hidden_units),
             "kernel_size": self.kernel_size,
             "activation": self.activation,
+            "condition_dim": self.condition_dim,
         }
 
 
@@ -173,6 +212,8 @@ class ConvDecoder(_Network):
         hidden_units: the first entry, if any, is the width of a dense layer after z.
         kernel_size: convolution kernel size.
         activation: hidden activation.
+        condition_dim: size of the condition vector y of p(x|z, y), appended to z
+            (0: unconditional).
     """
 
     def __init__(
@@ -182,9 +223,11 @@ class ConvDecoder(_Network):
         hidden_units=(),
         kernel_size=3,
         activation="relu",
+        condition_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.condition_dim = int(condition_dim)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.conv_filters = tuple(int(f) for f in conv_filters)
         self.hidden_units = tuple(int(u) for u in hidden_units)
@@ -209,8 +252,8 @@ class ConvDecoder(_Network):
         )
         self.out = layers.Conv2D(channels, self.kernel_size, padding="same", name="pixels")
 
-    def call(self, z):
-        h = _stack(z, self.hidden)
+    def call(self, z, condition=None):
+        h = _stack(_with_condition(z, condition), self.hidden)  # (B, units or D [+ condition_dim])
         h = self.reshape(self.project(h))  # (B, H/2^n, W/2^n, F)
         h = _stack(h, self.deconvs)  # (B, >=H, >=W, F0)
         return self.out(self.crop(h))  # (B, H, W, C)
@@ -227,4 +270,5 @@ class ConvDecoder(_Network):
             "hidden_units": list(self.hidden_units),
             "kernel_size": self.kernel_size,
             "activation": self.activation,
+            "condition_dim": self.condition_dim,
         }

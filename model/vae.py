@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 from keras import ops
 
-from model import losses
+from model import evaluation, losses
 from model.config import ModelConfig
 from model.layers import PACKAGE, BernoulliLikelihood, GaussianLikelihood, Sampling
 from model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
-def build_networks(config: ModelConfig):
-    """Returns the (encoder, decoder) pair that `config.architecture` names."""
+def build_networks(config: ModelConfig, x_shape=None, condition_dim: int = 0):
+    """Returns the (encoder, decoder) pair that `config.architecture` names.
+
+    Args:
+        config: the model config.
+        x_shape: (H, W, C) of the model's x (default: `config.image_shape`).
+        condition_dim: size of a conditional model's condition vector (0: unconditional).
+    """
+    x_shape = tuple(x_shape or config.image_shape)
     if config.architecture == "mlp":
         return (
-            MLPEncoder(config.latent_dim, config.hidden_units, config.activation, name="encoder"),
-            MLPDecoder(config.image_shape, config.hidden_units, config.activation, name="decoder"),
+            MLPEncoder(config.latent_dim, config.hidden_units, config.activation,
+                       condition_dim=condition_dim, name="encoder"),
+            MLPDecoder(x_shape, config.hidden_units, config.activation,
+                       condition_dim=condition_dim, name="decoder"),
         )
     conv = dict(
         conv_filters=config.conv_filters,
         hidden_units=config.hidden_units,
         kernel_size=config.kernel_size,
         activation=config.activation,
+        condition_dim=condition_dim,
     )
     return (
         ConvEncoder(config.latent_dim, name="encoder", **conv),
-        ConvDecoder(config.image_shape, name="decoder", **conv),
+        ConvDecoder(x_shape, name="decoder", **conv),
     )
 
 
@@ -40,13 +49,13 @@ def build_likelihood(config: ModelConfig):
     )
 
 
-def _images(data):
-    """The images of a batch that may also carry labels: x, (x, y) or {"image": x}."""
-    if isinstance(data, dict):
-        return data["image"]
-    if isinstance(data, (tuple, list)):
-        return data[0]
-    return data
+def split_batch(batch):
+    """(images, labels or None) of a batch: x, (x, y) or {"image": x, "label": y}."""
+    if isinstance(batch, dict):
+        return batch["image"], batch.get("label")
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    return batch, None
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -55,11 +64,18 @@ class VAE(keras.Model):
 
     `call(images)` encodes, draws one z per image with the reparameterisation trick and
     decodes it. The KL term to N(0, I) (closed form, summed over latent units, mean over
-    the batch) is added with `add_loss`; `compute_loss` adds the reconstruction term
-    (-log p(x|z) summed over pixels, mean over the batch). While training the KL weight
-    ramps from 0 to `beta` over `kl_warmup_steps` optimizer steps; in evaluation it is
-    1, so `val_loss` is the true negative ELBO in nats per example. `fit` reports
-    `loss`, `reconstruction` and `kl` (the unweighted KL).
+    the batch, weighted by `kl_weight`) is added with `add_loss`. The model owns its
+    objective: `loss_terms(batch)` returns the per-example terms, and
+
+        objective = mean over the batch of terms["loss"] + sum(self.losses)
+
+    which `keras.fit` (through `compute_loss`) and the project's distributed trainer
+    both minimise. Subclasses plug a condition in (`make_condition`): the conditional
+    VAE and M2 reuse this forward pass and evaluation with x and c in place of images.
+    While training the KL weight ramps from 0 to `beta` over `kl_warmup_steps` optimizer
+    steps; in evaluation it is 1, so `val_loss` is the true
+    negative ELBO in nats per example. `fit` reports `loss`, `reconstruction` and `kl`
+    (the unweighted KL).
 
     Args:
         model_config: a `ModelConfig` (or its dict).
@@ -72,6 +88,9 @@ class VAE(keras.Model):
         >>> images = vae.sample(16, seed=0)  # (16, 28, 28, 1)
     """
 
+    # The keys of `loss_terms`, in the order a trainer logs them.
+    LOSS_TERMS = ("loss", "reconstruction", "kl")
+
     def __init__(self, model_config: ModelConfig | dict | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if model_config is None:
@@ -80,8 +99,10 @@ class VAE(keras.Model):
             model_config = ModelConfig.from_dict(model_config)
         self.model_config = model_config
         self.seed = seed
+        self.condition = self.make_condition()
         # === Layers ===
-        self.encoder, self.decoder = build_networks(model_config)
+        condition_dim = self.condition.dim if self.condition is not None else 0
+        self.encoder, self.decoder = build_networks(model_config, self.x_shape, condition_dim)
         self.sampling = Sampling(seed=seed, name="sampling", dtype="float32")
         self.likelihood = build_likelihood(model_config)
         # === Metrics ===
@@ -94,11 +115,28 @@ class VAE(keras.Model):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images the model takes (whole images, for a half condition too)."""
         return self.model_config.image_shape
+
+    @property
+    def x_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of what the decoder models: the images, or the unobserved half."""
+        return self.condition.x_shape if self.condition is not None else self.image_shape
+
+    def make_condition(self):
+        """What the model is conditioned on (`model.conditions`); None: unconditional."""
+        return None
+
+    def inputs_of(self, images, labels=None):
+        """(x, c): what the networks see of a batch; c is None for an unconditional model."""
+        images = ops.convert_to_tensor(images, "float32")
+        if self.condition is None:
+            return images, None
+        return self.condition.split(images, labels)
 
     def build(self, input_shape=None):
         # One eager pass on a dummy batch creates every weight with its final path.
-        self.call(ops.zeros((1, *self.image_shape)))
+        self.call((ops.zeros((1, *self.image_shape)), ops.zeros((1,), "int64")))
         self.built = True
 
     def kl_weight(self, training=None):
@@ -112,44 +150,122 @@ class VAE(keras.Model):
             optimizer.iterations, self.model_config.beta, self.model_config.kl_warmup_steps
         )
 
-    def call(self, images, training=None):
-        # The networks may compute in float16/bfloat16 (mixed precision); encode and
+    def call(self, inputs, training=None, seed=None):
+        """Encodes, samples and decodes; adds the weighted KL with `add_loss`.
+
+        Args:
+            inputs: images (B, H, W, C), or a batch that carries labels too.
+            seed: an int64[2] seed for a stateless posterior draw (reproducible
+                evaluation); None draws from the sampling layer's seed generator.
+        """
+        x, c = self.inputs_of(*split_batch(inputs))  # (B, H, W, C), (B, C) or None
+        # The networks may compute in float16/bfloat16 (mixed precision); posterior and
         # decode_params hand float32 to the sampling, the KL and the likelihood.
-        z_mean, z_log_var = self.encode(images)  # (B, D), (B, D)
-        z = self.sampling([z_mean, z_log_var])  # (B, D)
-        params = self.decode_params(z)  # (B, H, W, C)
+        z_mean, z_log_var = self.posterior(x, c)  # (B, D), (B, D)
+        z = self.sampling([z_mean, z_log_var], seed=seed)  # (B, D)
+        params = self.decode_params(z, c)  # (B, H, W, C) of x
         kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
         self.add_loss(ops.cast(self.kl_weight(training), kl.dtype) * ops.mean(kl))
-        return {"params": params, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl}
+        return {"params": params, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl, "x": x}
+
+    # === The objective ===
+    def loss_terms(self, batch, training=False, seed=None) -> dict:
+        """The per-example terms of the objective for a batch that may carry labels.
+
+        Runs the forward pass (which adds the weighted KL to `self.losses`) and returns
+        `LOSS_TERMS`, each (B,) float32: `loss`, the per-example part of the objective
+        (here -log p(x|z), summed over pixels), and what the model reports,
+        `reconstruction` and the unweighted `kl`. The whole objective is
+        `mean(loss) + sum(self.losses)`.
+
+        Args:
+            batch: images, (images, labels) or {"image": ..., "label": ...}.
+            training: training mode (the KL weight ramps; 1 otherwise).
+            seed: an int64[2] seed for a stateless posterior draw, or None.
+        """
+        return self.terms_of(batch, self(batch, training=training, seed=seed))
+
+    def terms_of(self, batch, outputs) -> dict:
+        """`loss_terms` from the outputs of a forward pass already run on `batch`."""
+        reconstruction = self.likelihood.nll(outputs["x"], outputs["params"])  # (B,)
+        return {"loss": reconstruction, "reconstruction": reconstruction, "kl": outputs["kl"]}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        images = _images(x)
-        batch = ops.cast(ops.shape(images)[0], "float32")
-        reconstruction = ops.mean(self.likelihood.nll(images, y_pred["params"]))
-        total = reconstruction + ops.sum(self.losses)
-        self.reconstruction_tracker.update_state(reconstruction, sample_weight=batch)
-        self.kl_tracker.update_state(ops.mean(y_pred["kl"]), sample_weight=batch)
-        # Gradients are summed over replicas: each replica's mean counts 1/replicas.
-        return _scale_for_replicas(total)
+        """The objective under `keras.fit`; Keras divides each part by the replicas in sync."""
+        terms = self.terms_of(x, y_pred)
+        batch = ops.cast(ops.shape(terms["loss"])[0], "float32")
+        self.reconstruction_tracker.update_state(ops.mean(terms["reconstruction"]), sample_weight=batch)
+        self.kl_tracker.update_state(ops.mean(terms["kl"]), sample_weight=batch)
+        total = self._aggregate_additional_loss(ops.mean(terms["loss"]))
+        for value in self.losses:
+            total = total + self._aggregate_additional_loss(value)
+        return total
+
+    # === Evaluation ===
+    def negative_elbo(self, images, seed=0, labels=None):
+        """The single-sample negative ELBO of each image (KL weight 1): -> (B,) nats.
+
+        A conditional model bounds -log p(x|y) (labels, or the observed half)."""
+        x, c = self.inputs_of(images, labels)
+        return evaluation.negative_elbo(self, x, seed, c)
+
+    def log_likelihood(self, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None,
+                       labels=None):
+        """The k-sample IWAE estimate of log p(x) of each image: -> (B,) nats.
+
+        A conditional model estimates log p(x|y) (labels, or the observed half)."""
+        x, c = self.inputs_of(images, labels)
+        return evaluation.iwae_log_likelihood(self, x, num_samples, seed, chunk_size, c)
+
+    def kl_per_unit(self, images, labels=None):
+        """The KL of each latent unit to the prior for each image: -> (B, D) nats."""
+        x, c = self.inputs_of(images, labels)
+        return evaluation.kl_per_unit(self, x, c)
+
+    def evaluation_terms(self, images, labels=None, num_samples: int = 1000, seed=0,
+                         chunk_size: int | None = None) -> dict:
+        """Per-example test metrics of a batch, which `pipelines.evaluate` averages.
+
+        Returns:
+            `nelbo` and `iwae_nll` (B,) nats, and `kl_per_unit` (B, D); subclasses add
+            their own (M2: the marginal -log p(x) and the classifier's accuracy).
+        """
+        return {
+            "nelbo": self.negative_elbo(images, seed, labels=labels),
+            "iwae_nll": -self.log_likelihood(images, num_samples, seed, chunk_size, labels=labels),
+            "kl_per_unit": self.kl_per_unit(images, labels=labels),
+        }
 
     # === Public methods ===
-    def encode(self, images):
-        """q(z|x): returns (z_mean, z_log_var), each (B, latent_dim), in float32."""
-        z_mean, z_log_var = self.encoder(ops.convert_to_tensor(images, "float32"))
+    def posterior(self, x, condition=None):
+        """q(z|x) (q(z|x, y) given a condition vector): (z_mean, z_log_var), (B, D) float32."""
+        x = ops.convert_to_tensor(x, "float32")
+        z_mean, z_log_var = self.encoder(x) if condition is None else self.encoder(x, condition)
         return ops.cast(z_mean, "float32"), ops.cast(z_log_var, "float32")
 
-    def decode_params(self, z):
-        """The likelihood's parameters for each z (logits or means), in float32."""
-        return ops.cast(self.decoder(ops.convert_to_tensor(z, "float32")), "float32")
+    def encode(self, images, labels=None):
+        """q(z|x) of whole images (q(z|x, y) for a conditional model): (z_mean, z_log_var)."""
+        return self.posterior(*self.inputs_of(images, labels))
 
-    def decode(self, z):
-        """The decoder's mean image for each z: Bernoulli probabilities or Gaussian means."""
-        return self.likelihood.mean(self.decode_params(z))
+    def decode_params(self, z, condition=None):
+        """The likelihood's parameters of x for each z (and condition vector), float32."""
+        z = ops.convert_to_tensor(z, "float32")
+        params = self.decoder(z) if condition is None else self.decoder(z, condition)
+        return ops.cast(params, "float32")
 
-    def reconstruct(self, images):
-        """Decodes the posterior mean of each image: (B, H, W, C) -> (B, H, W, C)."""
-        z_mean, _ = self.encode(images)
-        return self.decode(z_mean)
+    def decode(self, z, condition=None):
+        """The decoder's mean of x for each z: Bernoulli probabilities or Gaussian means."""
+        return self.likelihood.mean(self.decode_params(z, condition))
+
+    def reconstruct(self, images, labels=None):
+        """Decodes the posterior mean of each image: (B, H, W, C) -> (B, H, W, C).
+
+        For a half condition the observed half is kept and the other half decoded."""
+        images = ops.convert_to_tensor(images, "float32")
+        x, c = self.inputs_of(images, labels)
+        z_mean, _ = self.posterior(x, c)
+        x_mean = self.decode(z_mean, c)
+        return x_mean if self.condition is None else self.condition.assemble(images, x_mean)
 
     def sample(self, num_samples: int, seed=None, temperature: float = 1.0):
         """Draws z ~ N(0, temperature^2 I) and decodes it: -> (num_samples, H, W, C)."""
@@ -164,8 +280,3 @@ class VAE(keras.Model):
             "seed": self.seed,
         }
 
-
-def _scale_for_replicas(value):
-    """Divides a per-replica mean by the number of replicas in sync (1 outside tf.distribute)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return value if replicas == 1 else value * (1.0 / replicas)

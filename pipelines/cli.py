@@ -1,133 +1,75 @@
-"""The `vae` console script: each subcommand parses its arguments and calls one function."""
+"""The `vae` console script: one `main()`; each package's `cli.register` adds its subcommands.
+
+    train, export   pipelines/train/cli.py
+    tune            pipelines/tune/cli.py
+    encode          pipelines/encode/cli.py
+    serve, generate serving/cli.py
+
+Each subcommand parses its flags and calls one library function. Exit codes: 0 done;
+2 bad usage or bad input (a `core.errors.UserError`: the message says what was wrong and
+what to do); 1 failure (e.g. a server that cannot be reached); 130 interrupted.
+Building the parser imports neither TensorFlow nor any package that does, so `vae --help`
+answers at once; TensorFlow's C++ start-up lines are hidden unless `-v` is given.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
 import os
+import sys
+import tempfile
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) is noise here.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from core.errors import EXIT_FAILURE, EXIT_USAGE, UserError
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-# Command-line flag -> config field it sets (applied after --config, before overrides).
-TRAIN_FLAGS = {
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
-    "download": "data.download",
-    "epochs": "train.epochs",
-    "batch_size": "train.batch_size",
-    "learning_rate": "train.learning_rate",
-    "seed": "train.seed",
-    "steps_per_epoch": "train.steps_per_epoch",
-    "iwae_k": "train.iwae_k",
-    "eval_examples": "train.eval_examples",
-    "architecture": "model.architecture",
-    "latent_dim": "model.latent_dim",
-    "likelihood": "model.likelihood",
-    "strategy": "train.strategy",
-    "cpu_replicas": "train.cpu_replicas",
-    "mixed_precision": "train.mixed_precision",
-    "jit": "train.jit",
-    "checkpoint_every_steps": "train.checkpoint_every_steps",
-    "early_stopping_patience": "train.early_stopping_patience",
-}
-
-
-def _add_train(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train, evaluate and save a VAE in a workdir",
-        description="Trains a VAE, evaluates it on the test split (negative ELBO, IWAE NLL), "
-        "saves the model, its config, metrics.json and pictures in --workdir. Settings come "
-        "from the defaults, then --config FILE, then the flags, then SECTION.FIELD=VALUE "
-        "overrides (e.g. model.hidden_units=[512,256] train.kl_warmup_steps=1000).",
-    )
-    p.add_argument("--workdir", required=True, help="folder for the run's outputs")
-    p.add_argument("--config", help="a JSON config file (see config.json of any run)")
-    p.add_argument("--dataset", help="tfds image dataset (default fashion_mnist)")
-    p.add_argument("--data-dir", help="tfds data directory")
-    p.add_argument("--download", action="store_true", default=None,
-                   help="let tensorflow-datasets download the dataset (needs network)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size")
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--iwae-k", type=int, help="importance samples of the test NLL")
-    p.add_argument("--eval-examples", type=int, help="evaluate on the first N test images")
-    p.add_argument("--architecture", choices=["mlp", "conv"])
-    p.add_argument("--latent-dim", type=int)
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"])
-    p.add_argument("--strategy", choices=["auto", "default", "mirrored", "multiworker"],
-                   help="tf.distribute strategy (auto: multiworker with TF_CONFIG, mirrored "
-                   "with several GPUs or --cpu-replicas, else default)")
-    p.add_argument("--cpu-replicas", type=int, help="split the CPU into N logical devices")
-    p.add_argument("--mixed-precision", action="store_true", default=None)
-    p.add_argument("--jit", action="store_true", default=None, help="XLA-compile the step")
-    p.add_argument("--checkpoint-every-steps", type=int,
-                   help="checkpoint every N steps as well as every epoch")
-    p.add_argument("--early-stopping-patience", type=int,
-                   help="stop after N epochs without a better validation negative ELBO")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train again in a workdir that holds a finished run")
-    p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE")
-    p.set_defaults(func=run_train)
-
-
-def train_config(args):
-    """The run config of `vae train`: defaults, --config, flags, then overrides."""
-    from pipelines.config import resolve_config
-
-    flags = [
-        f"{field}={json.dumps(getattr(args, flag))}"
-        for flag, field in TRAIN_FLAGS.items()
-        if getattr(args, flag) is not None
-    ]
-    return resolve_config(args.config, flags + list(args.overrides))
-
-
-def run_train(args) -> int:
-    from pipelines.train import train
-
-    metrics = train(train_config(args), args.workdir, overwrite=args.overwrite)
-    if not metrics:
-        print("worker finished; the chief writes the model, metrics and pictures")
-        return 0
-    print(
-        f"test negative ELBO {metrics['test_nelbo']:.2f} nats, "
-        f"IWAE NLL (k={metrics['iwae_k']}) {metrics['test_iwae_nll']:.2f} nats, "
-        f"{metrics['active_units']} active units, "
-        f"{metrics['train_images_per_second']:.0f} images/s"
-    )
-    print(f"outputs in {os.path.abspath(args.workdir)}: " + ", ".join(
-        ["model.keras", "config.json", "metrics.json", *metrics["pictures"]]))
-    return 0
+# The modules whose `register(subparsers)` add subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES = ("pipelines.train.cli", "pipelines.tune.cli", "serving.cli", "pipelines.encode.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae", description="A production VAE on TensorFlow/Keras.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_train(subparsers)
-    from pipelines import encode_cli, tune_cli
-    from serving import cli as serving_cli
+    import importlib
 
-    tune_cli.register(subparsers)
-    serving_cli.register(subparsers)  # export, serve, generate
-    encode_cli.register(subparsers)
+    parser = argparse.ArgumentParser(
+        prog="vae", description="A production VAE on TensorFlow/Keras: train, tune, export, "
+        "serve, generate, batch-encode.",
+        epilog="exit codes: 0 done, 2 bad usage or bad input, 1 failure, 130 interrupted")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and TensorFlow's own start-up lines")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from model.config import ConfigError
-    from pipelines.data import DataError
-    from pipelines.distribute import DistributionError
-    from pipelines.train import WorkdirError
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Sends what C++ code writes to stderr (fd 2) to a temporary file meanwhile; replays it
+    if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
-    return ConfigError, DataError, DistributionError, WorkdirError
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow prints oneDNN and CUDA-probing lines on import, before its log level
+    applies; every subcommand loads it (the serving protos too), so load it silently here."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe, once, while quiet
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,14 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("absl", "tensorflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        _import_tensorflow_quietly()
     try:
         return args.func(args)
-    except _user_errors() as err:
+    except UserError as err:
         print(f"vae {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"vae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a failure, not the user's input: say so, keep the traceback
+        logging.getLogger("vae").debug("traceback", exc_info=True)
+        print(f"vae {args.command}: failed: {type(err).__name__}: {err}"
+              + ("" if args.verbose else " (run with -v for the traceback)"), file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from model.config import ConfigBase, ConfigError, ModelConfig, _require
+from core.config import ConfigBase, load_config, require, require_choice, save_config
+from model.config import ModelConfig
+from serving import contract as C
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
@@ -28,6 +30,10 @@ class DataConfig(ConfigBase):
             held in memory as one uint8 array and each global batch is gathered by index
             from a per-epoch permutation (far less work per image than a shuffle buffer);
             0 always streams. Multi-worker runs always stream (tf.data shards them).
+        labelled_per_class: for `model.kind=m2`: keep the labels of this many training
+            images per class (drawn by `train.seed`, balanced, recorded in the workdir's
+            `labelled.json`); every other training image gets the label -1 (unlabelled).
+            None keeps every label.
     """
 
     dataset: str = "fashion_mnist"
@@ -41,21 +47,16 @@ class DataConfig(ConfigBase):
     shuffle_buffer: int = 60_000
     cache: bool = True
     in_memory_max_mb: int = 1024
+    labelled_per_class: int | None = None
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _require(bool(self.dataset), f"{name}.dataset must name a tfds dataset")
-        _require(
-            self.shuffle_buffer >= 1, f"{name}.shuffle_buffer must be >= 1, got {self.shuffle_buffer}"
-        )
-        _require(
-            self.in_memory_max_mb >= 0,
-            f"{name}.in_memory_max_mb must be >= 0, got {self.in_memory_max_mb}",
-        )
-        _require(
-            self.image_size is None or all(d > 0 for d in self.image_size),
-            f"{name}.image_size must be two positive integers, got {self.image_size!r}",
-        )
+        require(self, "dataset", bool(self.dataset), "must name a tfds dataset")
+        require(self, "shuffle_buffer", self.shuffle_buffer >= 1, "must be >= 1")
+        require(self, "in_memory_max_mb", self.in_memory_max_mb >= 0, "must be >= 0")
+        require(self, "image_size", self.image_size is None or all(d > 0 for d in self.image_size),
+                "must be two positive integers")
+        require(self, "labelled_per_class", self.labelled_per_class is None or self.labelled_per_class >= 1,
+                "must be >= 1 or null")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class TrainConfig(ConfigBase):
     iwae_k: int = 1000
     eval_examples: int | None = None
     eval_batch_size: int = 500
-    model_name: str = "vae"
+    model_name: str = C.MODEL_NAME
     strategy: str = "auto"
     cpu_replicas: int = 0
     mixed_precision: bool = False
@@ -103,37 +104,21 @@ class TrainConfig(ConfigBase):
     max_train_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _require(
-            self.strategy in STRATEGIES,
-            f"{name}.strategy must be one of {STRATEGIES}, got {self.strategy!r}",
-        )
-        for field_name in ("cpu_replicas", "checkpoint_every_steps", "early_stopping_patience",
-                           "max_train_seconds"):
-            value = getattr(self, field_name)
-            _require(value >= 0, f"{name}.{field_name} must be >= 0, got {value}")
-        _require(self.epochs >= 1, f"{name}.epochs must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, f"{name}.batch_size must be >= 1, got {self.batch_size}")
-        _require(
-            self.learning_rate > 0, f"{name}.learning_rate must be > 0, got {self.learning_rate}"
-        )
-        _require(
-            self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-            f"{name}.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}",
-        )
-        _require(self.iwae_k >= 1, f"{name}.iwae_k must be >= 1, got {self.iwae_k}")
-        _require(
-            self.eval_examples is None or self.eval_examples >= 1,
-            f"{name}.eval_examples must be >= 1 or null, got {self.eval_examples}",
-        )
-        _require(
-            self.eval_batch_size >= 1,
-            f"{name}.eval_batch_size must be >= 1, got {self.eval_batch_size}",
-        )
-        _require(
-            self.model_name.replace("_", "").replace("-", "").isalnum(),
-            f"{name}.model_name must be letters, digits, '_' or '-', got {self.model_name!r}",
-        )
+        require_choice(self, "strategy", STRATEGIES)
+        for field in ("cpu_replicas", "checkpoint_every_steps", "early_stopping_patience",
+                      "max_train_seconds"):
+            require(self, field, getattr(self, field) >= 0, "must be >= 0")
+        require(self, "epochs", self.epochs >= 1, "must be >= 1")
+        require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        require(self, "learning_rate", self.learning_rate > 0, "must be > 0")
+        require(self, "steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+                "must be >= 1 or null")
+        require(self, "iwae_k", self.iwae_k >= 1, "must be >= 1")
+        require(self, "eval_examples", self.eval_examples is None or self.eval_examples >= 1,
+                "must be >= 1 or null")
+        require(self, "eval_batch_size", self.eval_batch_size >= 1, "must be >= 1")
+        require(self, "model_name", self.model_name.replace("_", "").replace("-", "").isalnum(),
+                "must be letters, digits, '_' or '-'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,18 +136,20 @@ class RunConfig(ConfigBase):
             return self.model.likelihood == "bernoulli"
         return self.data.binarize
 
+    def check_sections(self) -> "RunConfig":
+        """Checks what depends on several sections (once every override is applied, as
+        `resolve_config` and the training pipeline do); returns the config."""
+        require(self.data, "labelled_per_class",
+                self.data.labelled_per_class is None or self.model.kind == "m2",
+                f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
+        return self
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        save_config(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            return cls.from_json(path.read_text())
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+        return load_config(cls, path)
 
 
 def resolve_config(config_file: str | None, overrides: list[str]) -> RunConfig:
@@ -170,4 +157,4 @@ def resolve_config(config_file: str | None, overrides: list[str]) -> RunConfig:
     config = RunConfig.load(config_file) if config_file else RunConfig()
     for assignment in overrides:
         config = config.override(assignment)
-    return config
+    return config.check_sections()

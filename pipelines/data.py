@@ -14,9 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from core.errors import UserError
 from pipelines.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ _IDX_FILES = (
 )
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A dataset cannot be found, prepared or used; the message says what to do."""
 
 
@@ -116,8 +118,8 @@ def get_builder(config: DataConfig):
         builder.download_and_prepare()
         return builder
     where = builder.data_dir
-    advice = [f"pass --download to let tensorflow-datasets fetch it (needs network)",
-              f"or --data-dir pointing at a directory where it is prepared"]
+    advice = ["pass --download to let tensorflow-datasets fetch it (needs network)",
+              "or --data-dir pointing at a directory where it is prepared"]
     if name in LOCAL_SOURCES:
         folder, package = LOCAL_SOURCES[name]
         advice.insert(0, f"install the Debian package {package} (apt-get install {package}, "
@@ -170,18 +172,68 @@ def _binarize(x, seed):
     return tf.cast(noise < x, tf.float32)
 
 
+def num_classes(builder) -> int:
+    """The number of classes of the dataset's `label` feature.
+
+    Raises:
+        DataError: the dataset has no class label (a conditional or M2 model needs one).
+    """
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    if feature is None or not hasattr(feature, "num_classes"):
+        raise DataError(f"dataset {builder.info.name!r} has no class 'label' feature; a label-"
+                        f"conditioned or semi-supervised model needs one")
+    return int(feature.num_classes)
+
+
+def class_names(builder) -> list[str] | None:
+    """The names of the dataset's classes (its `label` feature's `names`), or None when it
+    has no named class label. A label-conditioned export carries them."""
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    names = getattr(feature, "names", None)
+    return [str(name) for name in names] if names else None
+
+
+def dataset_class_names(config: DataConfig) -> list[str] | None:
+    """`class_names` of `config.dataset` from its tfds builder's info, without preparing or
+    reading the data; None when the builder cannot be made here (the export then numbers
+    the classes)."""
+    try:
+        return class_names(tfds.builder(config.dataset, data_dir=config.data_dir))
+    except Exception as err:  # an unknown or unreadable dataset: the names are a nicety
+        log.warning("no class names for %r: %s", config.dataset, err)
+        return None
+
+
+def split_labels(builder, split: str) -> np.ndarray:
+    """The labels of a split in its stored order (the order `shuffle_files=False` reads,
+    the example indices of `labelled`): (N,) int64, images not decoded."""
+    num_examples(builder, split)
+    num_classes(builder)
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda example: example["label"]).batch(65536)
+    return np.concatenate([batch.numpy() for batch in ds]).astype(np.int64)
+
+
 def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
-                     seed: int, repeat: bool = False) -> tf.data.Dataset:
+                     seed: int, repeat: bool = False, labelled: np.ndarray | None = None) -> tf.data.Dataset:
     """Shuffled batches of (images in [0, 1], labels) for training.
 
     With `binarize`, each batch is a fresh Bernoulli draw of the intensities, so an image
-    is binarised anew every time it is seen (dynamic binarisation).
+    is binarised anew every time it is seen (dynamic binarisation). With `labelled`, a
+    boolean mask over the split's examples in stored order, the label of every example
+    outside the mask is -1 (semi-supervised training).
     """
     shape = image_shape(builder, config)
     num_examples(builder, split)
-    ds = builder.as_dataset(split=split, shuffle_files=True,
+    ds = builder.as_dataset(split=split, shuffle_files=labelled is None,
                             read_config=tfds.ReadConfig(shuffle_seed=seed))
     ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE)
+    if labelled is not None:  # stored order: the example's index keys the mask
+        mask = tf.constant(labelled, tf.bool)
+        unlabelled = tf.constant(-1, tf.int64)
+        ds = ds.enumerate().map(lambda index, example: (
+            example[0], tf.where(mask[index], example[1], unlabelled)))
     if config.cache:
         ds = ds.cache()
     ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -212,14 +264,16 @@ def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
 
 
 def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_size: int, *,
-                               binarize: bool, seed: int) -> tf.data.Dataset:
+                               binarize: bool, seed: int,
+                               labelled: np.ndarray | None = None) -> tf.data.Dataset:
     """Repeated global batches of (images in [0, 1], labels) from the split held in memory.
 
     The split is decoded once into a uint8 array. Each epoch is a fresh permutation
     (a stateless shuffle keyed by the seed and the epoch, the last incomplete batch
     dropped); each batch is gathered by index, and with `binarize` it is a fresh
     Bernoulli draw keyed by (seed, global batch number), so every epoch sees new
-    binarisations.
+    binarisations. With `labelled` (a boolean mask over the split in stored order) the
+    other examples carry the label -1.
     """
     shape = image_shape(builder, config)
     count = num_examples(builder, split)
@@ -229,6 +283,8 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE).batch(count)
     images, labels = next(iter(ds))  # (N, H, W, C) uint8, (N,)
+    if labelled is not None:
+        labels = tf.where(tf.constant(labelled, tf.bool), labels, tf.constant(-1, tf.int64))
     seed = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch):

@@ -15,10 +15,11 @@ import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
+from core.errors import UserError
 from pipelines.config import STRATEGIES
 
 
-class DistributionError(RuntimeError):
+class DistributionError(UserError):
     """The requested strategy cannot run here; the message says why."""
 
 

@@ -1,4 +1,5 @@
-"""PNG pictures of a trained VAE: samples, reconstructions, the 2-D latent space."""
+"""PNG pictures of a trained VAE: samples, reconstructions, the 2-D latent space, and for
+conditional models generation by class and half completion."""
 
 from __future__ import annotations
 
@@ -6,29 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+
+from serving import grid
 
 
-def image_grid(images, cols: int, pad: int = 1) -> np.ndarray:
-    """(N, H, W, C) floats in [0, 1] -> one (rows*H, cols*W[, C]) uint8 picture."""
-    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
-    for i, image in enumerate(images):
-        r, k = divmod(i, cols)
-        top, left = pad + r * (h + pad), pad + k * (w + pad)
-        grid[top:top + h, left:left + w] = image
-    grid = (grid * 255).round().astype(np.uint8)
-    return grid[..., 0] if c == 1 else grid
-
-
-def save_grid(images, path: Path, cols: int, scale: int = 2) -> Path:
-    picture = Image.fromarray(image_grid(images, cols))
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
-    return path
+def save_grid(images, path: Path, cols: int) -> Path:
+    """The one grid writer (`serving.grid`): white 1-px padding, enlarged to be readable."""
+    return grid.save_grid(images, path, columns=cols, padding=1, background=1.0)
 
 
 def sample_grid(vae, path: Path, n: int = 64, seed: int = 0) -> Path:
@@ -36,10 +21,11 @@ def sample_grid(vae, path: Path, n: int = 64, seed: int = 0) -> Path:
     return save_grid(vae.sample(n, seed=seed), path, cols=int(np.ceil(np.sqrt(n))))
 
 
-def reconstruction_grid(vae, images, path: Path, n: int = 32) -> Path:
-    """Pairs of rows: test inputs above their reconstructions."""
+def reconstruction_grid(vae, images, path: Path, n: int = 32, labels=None) -> Path:
+    """Pairs of rows: test inputs above their reconstructions (given their labels, which
+    a label-conditioned model needs)."""
     images = np.asarray(images[:n], np.float32)
-    recon = np.asarray(vae.reconstruct(images))
+    recon = np.asarray(vae.reconstruct(images, labels=None if labels is None else labels[:n]))
     cols = 8
     rows = []
     for start in range(0, len(images), cols):
@@ -70,4 +56,21 @@ def manifold_grid(vae, path: Path, n: int = 20) -> Path:
     """Decodes an n x n grid of z spaced by the prior's quantiles (2-D latent only)."""
     quantiles = tf.math.ndtri(tf.linspace(0.05, 0.95, n)).numpy()
     z = np.array([[x, y] for y in quantiles[::-1] for x in quantiles], np.float32)
-    return save_grid(vae.decode(z), path, cols=n, scale=1)
+    return save_grid(vae.decode(z), path, cols=n)
+
+
+def class_grid(vae, path: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """One row per class: `per_class` images generated with each label (K rows)."""
+    classes = vae.condition.num_classes
+    labels = np.repeat(np.arange(classes), per_class)
+    return save_grid(vae.generate(labels, seed=seed), path, cols=per_class)
+
+
+def completion_grid(vae, images, path: Path, n: int = 8, seed: int = 0) -> Path:
+    """One row per test image: (observed half, the other one blank | completion | truth)."""
+    images = np.asarray(images[:n], np.float32)
+    condition = vae.condition
+    observed = np.asarray(condition.assemble(images, np.zeros((len(images), *condition.x_shape), np.float32)))
+    completed = np.asarray(vae.complete(images, seed=seed))
+    rows = np.stack([observed, completed, images], axis=1)  # (n, 3, H, W, C)
+    return save_grid(rows.reshape(-1, *images.shape[1:]), path, cols=3)

@@ -5,8 +5,11 @@ Semantics follow TF Serving's `BatchingParameters`: a batch runs when it holds
 soon as fewer than `num_batch_threads` batches are running, so batches form from the
 requests that arrived while the previous batch ran); past `max_enqueued_batches` full
 batches of queued rows, new requests get UNAVAILABLE. Row signatures are concatenated
-along axis 0; `generate` requests run together through the export's `generate_batch`
-signature, which draws the same latents.
+along axis 0 (M2's `classify` too; a label model's row signatures carry `labels` with the
+same rows); `generate` requests run together through the export's `generate_batch`
+signature, which draws the same latents. Requests that cannot be joined run alone, unbatched:
+a label model's `generate` (one image per label, and no `generate_batch` in its export) and a
+half model's `complete` (a seed per request).
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from core.config import ConfigBase, read_config_file, require
 from serving import contract as C
-from serving.servable import Prepared, RequestError, Servable
+from serving.errors import RequestError
+from serving.servable import Prepared, Servable
 
 log = logging.getLogger(__name__)
 _FIELD = re.compile(r"(\w+)\s*(?::\s*(-?\w+)|\{\s*value\s*:\s*(-?\w+)\s*\})")
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchingOptions:
+class BatchingOptions(ConfigBase):
     """TF Serving's batching knobs (the ones that apply here).
 
     Args:
@@ -47,30 +52,37 @@ class BatchingOptions:
     num_batch_threads: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_batch_size <= C.MAX_BATCH:
-            raise ValueError(f"max_batch_size must be within [1, {C.MAX_BATCH}], got {self.max_batch_size}")
-        if self.batch_timeout_micros < 0:
-            raise ValueError(f"batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
-        if self.max_enqueued_batches < 1 or self.num_batch_threads < 1:
-            raise ValueError("max_enqueued_batches and num_batch_threads must be >= 1")
+        require(self, "max_batch_size", 1 <= self.max_batch_size <= C.MAX_BATCH, f"must be within [1, {C.MAX_BATCH}]")
+        require(self, "batch_timeout_micros", self.batch_timeout_micros >= 0, "must be >= 0")
+        require(self, "max_enqueued_batches", self.max_enqueued_batches >= 1, "must be >= 1")
+        require(self, "num_batch_threads", self.num_batch_threads >= 1, "must be >= 1")
 
     @classmethod
     def from_text(cls, text: str) -> BatchingOptions:
-        """Parses a `BatchingParameters` text proto (`max_batch_size { value: 32 }`)."""
+        """Parses a `BatchingParameters` text proto (`max_batch_size { value: 32 }`).
+
+        Raises:
+            ConfigError: a value is not an integer or out of range (the message names it).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, int] = {}
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
             for name, plain, wrapped in _FIELD.findall(line):
                 if name in known:
-                    values[name] = int(plain or wrapped)
+                    values[name] = plain or wrapped
                 else:
                     log.warning("batching parameter %s is not used by the local server", name)
-        return cls(**values)
+        return cls.from_dict(values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> BatchingOptions:
-        return cls.from_text(Path(path).read_text())
+        """Parses a `BatchingParameters` text proto file.
+
+        Raises:
+            ConfigError: the file cannot be read, or a value is invalid (named with the file).
+        """
+        return read_config_file(path, "batching parameters file", cls.from_text)
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,6 +119,7 @@ class _Queue:
         self._stopped = False
         self.batches_run = 0
         self.tasks_run = 0
+        self.batches_split = 0  # batches that failed and ran again one task at a time
 
     def submit(self, task: _Task) -> None:
         """Queues `task` and returns once it has run (its `result` or `error` is set).
@@ -186,7 +199,11 @@ class _Queue:
                 self._tasks[0].wake.set()  # its thread checks whether to lead
 
     def _run_batch(self, batch: list[_Task]) -> int:
-        """Runs the live tasks of a batch; returns how many ran. Never raises."""
+        """Runs the live tasks of a batch; returns how many ran. Never raises.
+
+        A batch that fails runs again one task at a time, so that an error stays with the
+        request that caused it and the others in the batch still get their results.
+        """
         live = [t for t in batch if t.is_active()]
         for task in batch:
             if task not in live:
@@ -195,14 +212,25 @@ class _Queue:
             return 0
         try:
             self._run(live)
-        except RequestError as err:
-            for task in live:
-                task.error = err
-        except Exception as err:  # never leave a caller waiting
-            log.exception("batch of %s failed", self.name)
-            for task in live:
-                task.error = RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {err}")
+            return len(live)
+        except Exception as err:
+            if len(live) == 1:
+                live[0].error = self._request_error(err)
+                return 1
+        self.batches_split += 1
+        for task in live:
+            task.result = None
+            try:
+                self._run([task])
+            except Exception as err:
+                task.error = self._request_error(err)
         return len(live)
+
+    def _request_error(self, err: Exception) -> RequestError:
+        if isinstance(err, RequestError):
+            return err
+        log.error("batch of %s failed", self.name, exc_info=err)  # a bug: the caller gets INTERNAL
+        return RequestError(grpc.StatusCode.INTERNAL, f"batch failed: {err}")
 
 
 class BatchScheduler:
@@ -216,15 +244,19 @@ class BatchScheduler:
         self.options = options
         self._queues = {
             key: _Queue(key, options, run)
-            for key, run in [(k, self._run_rows) for k in C.ROW_SIGNATURES] + [(C.GENERATE, self._run_generate)]
+            for key, run in [(k, self._run_rows) for k in C.ANY_ROW_SIGNATURES] + [(C.GENERATE, self._run_generate)]
         }
 
     @staticmethod
     def batch_key(servable: Servable, prepared: Prepared) -> str | None:
-        """The queue a request can share, or None when it must run alone."""
+        """The queue a request can share, or None when it must run alone (e.g. a label
+        model's generate, which takes labels instead of num_samples and has no
+        generate_batch to run through)."""
         name = prepared.signature.name
-        if name in C.ROW_SIGNATURES:
+        if name in C.ANY_ROW_SIGNATURES:
             return name
+        if C.LABELS in prepared.inputs:
+            return None
         is_generate = name in (C.GENERATE, C.DEFAULT_SIGNATURE) and np.ndim(prepared.inputs.get(C.NUM_SAMPLES)) == 0
         if is_generate and C.NUM_SAMPLES in prepared.inputs and C.GENERATE_BATCH in servable.signatures:
             return C.GENERATE
@@ -248,6 +280,14 @@ class BatchScheduler:
     def stats(self) -> dict[str, tuple[int, int]]:
         """(batches run, requests run) per queue, for tests and logs."""
         return {k: (q.batches_run, q.tasks_run) for k, q in self._queues.items()}
+
+    def split_batches(self) -> dict[str, int]:
+        """Batches per queue that failed and ran again one request at a time."""
+        return {k: q.batches_split for k, q in self._queues.items()}
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """(queued requests, queued rows) per queue, now (the metrics page reads it)."""
+        return {k: (len(q._tasks), q._rows) for k, q in self._queues.items()}
 
     def stop(self) -> None:
         for queue in self._queues.values():

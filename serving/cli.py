@@ -1,55 +1,26 @@
-"""The serving subcommands of `vae`: `export`, `serve` and `generate`.
+"""The serving subcommands of `vae`: `serve` and `generate`.
 
 `pipelines/cli.py` calls `register(subparsers)`; each subcommand parses its flags and
-calls one library function. `python -m serving.cli ...` runs them without the main CLI.
+calls one library function. Each `func` returns an exit code (0 done, 1 failure, e.g. a
+server that cannot be reached) and raises a `core.errors.UserError` (`ConfigError`) for
+bad flags, which the main turns into exit code 2. Importing this module and registering
+imports neither TensorFlow nor grpc: `vae --help` stays fast.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-from serving import contract as C  # noqa: E402  (no TensorFlow import)
+from core.config import ConfigError
+from core.errors import EXIT_FAILURE, EXIT_OK
+from serving import contract as C  # (no TensorFlow import)
 
 
 def register(subparsers) -> None:
-    """Adds `export`, `serve` and `generate` to an argparse subparsers object."""
-    _add_export(subparsers)
+    """Adds `serve` and `generate` to an argparse subparsers object."""
     _add_serve(subparsers)
     _add_generate(subparsers)
-
-
-# === export ===
-def _add_export(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="export a trained workdir as a versioned SavedModel",
-        description="Writes <base-dir>/<model-name>/<version>/ (SavedModel with the encode, decode, "
-        "generate, reconstruct and log_likelihood signatures, plus assets.extra/ with the run "
-        "config, metrics and TF Serving warm-up requests), atomically.",
-    )
-    p.add_argument("--workdir", required=True, help="a finished `vae train` workdir")
-    p.add_argument("--base-dir", required=True, help="export root (e.g. exports)")
-    p.add_argument("--model-name", default=C.MODEL_NAME)
-    p.add_argument("--version", type=int, help="version number (default: the next one)")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args) -> int:
-    from serving.export import export_workdir
-
-    try:
-        path = export_workdir(args.workdir, args.base_dir, args.model_name, args.version)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"vae export: error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
 
 
 # === serve ===
@@ -58,16 +29,28 @@ def _add_serve(subparsers) -> None:
         "serve",
         help="serve exported versions over TF Serving's gRPC API",
         description="Serves the integer version folders under --model-base-path (TF Serving's "
-        "layout, e.g. exports/vae) with TF Serving's gRPC API: PredictionService.Predict, "
-        "GetModelMetadata and ModelService.GetModelStatus, plus grpc.health.v1. New versions "
-        "are picked up while running. SIGTERM shuts down gracefully.",
+        "layout, e.g. exports/vae), or every model of a --model-config-file, with TF Serving's gRPC "
+        "API: PredictionService.Predict, GetModelMetadata and ModelService.GetModelStatus, plus "
+        "grpc.health.v1. New versions are picked up while running. SIGTERM shuts down gracefully.",
     )
-    p.add_argument("--model-base-path", required=True, help="folder holding the version folders")
-    p.add_argument("--model-name", default=C.MODEL_NAME)
+    p.add_argument("--model-base-path", help="folder holding the version folders (one model)")
+    p.add_argument("--model-name", help=f"the name requests use for that model (default {C.MODEL_NAME!r})")
+    p.add_argument("--model-config-file", metavar="FILE",
+                   help="TF Serving's models.config (ModelServerConfig text proto, e.g. serving/models.config): "
+                   "serve every model it lists with its model_version_policy (latest, all, specific) and "
+                   "version_labels, instead of --model-base-path/--model-name/--num-versions/--version-label. "
+                   "A relative base_path in the file is resolved against the file's folder (TF Serving "
+                   "accepts only absolute ones)")
+    p.add_argument("--model-config-file-poll-wait-seconds", type=float, default=0.0, metavar="SECONDS",
+                   help="read --model-config-file again this often and apply changes: models added, "
+                   "removed, policies and labels (default 0: read once)")
+    p.add_argument("--allow-version-labels-for-unavailable-models", action="store_true",
+                   help="let a config's new version label name a version that is not loaded yet (needed for "
+                   "labels at start-up, as in TF Serving)")
     p.add_argument("--host", default=C.DEFAULT_HOST, help="interface to bind (default loopback)")
     p.add_argument("--port", type=int, default=C.GRPC_PORT, help="gRPC port (0: any free port)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="version polling interval")
-    p.add_argument("--num-versions", type=int, default=2, help="newest versions kept loaded (0: all)")
+    p.add_argument("--num-versions", type=int, help="newest versions kept loaded (0: all; default 2)")
     p.add_argument("--version-label", action="append", default=[], metavar="LABEL=VERSION")
     p.add_argument("--enable-batching", action="store_true", help="batch concurrent requests")
     p.add_argument("--batching-parameters-file", help="TF Serving BatchingParameters text proto")
@@ -80,42 +63,53 @@ def _add_serve(subparsers) -> None:
     p.add_argument("--tf-inter-op-threads", type=int, default=0, help="TensorFlow inter-op threads (0: auto)")
     p.add_argument("--cpus", default="", metavar="ID[,ID...]",
                    help="confine the server to these CPUs, comma-separated (like taskset -c 0,1; default: all)")
+    p.add_argument("--rest-api-port", type=int, metavar="PORT",
+                   help=f"TF Serving's REST API on this port, same interface as --port (e.g. {C.REST_PORT}; "
+                   "0: any free port; default: no REST API)")
+    p.add_argument("--rest-api-num-threads", type=int, default=8, help="REST worker threads")
+    p.add_argument("--monitoring-config-file", metavar="FILE",
+                   help="TF Serving MonitoringConfig text proto, e.g. serving/monitoring.config: Prometheus "
+                   "metrics on the REST port (needs --rest-api-port)")
     p.set_defaults(func=run_serve)
 
 
 def server_options(args):
-    """The `ServerOptions` that `vae serve` flags describe."""
+    """The `ServerOptions` that `vae serve` flags describe.
+
+    Raises:
+        ConfigError: a flag is malformed or out of range (the message names it).
+    """
     from serving.batching import BatchingOptions
     from serving.server import ServerOptions
 
+    model = _model_source(args)
     labels = []
     for item in args.version_label:
         label, sep, version = item.partition("=")
         if not sep or not label or not version.isdigit():
-            raise ValueError(f"--version-label must look like LABEL=VERSION, got {item!r}")
+            raise ConfigError(f"--version-label must look like LABEL=VERSION, got {item!r}")
         labels.append((label, int(version)))
     try:
         cpus = tuple(int(cpu) for cpu in args.cpus.split(",")) if args.cpus else ()
     except ValueError:
-        raise ValueError(f"--cpus must be CPU ids separated by commas, got {args.cpus!r}") from None
+        raise ConfigError(f"--cpus must be CPU ids separated by commas, got {args.cpus!r}") from None
     if not set(cpus) <= os.sched_getaffinity(0):
-        raise ValueError(f"--cpus {args.cpus} not available; this process may use {sorted(os.sched_getaffinity(0))}")
+        raise ConfigError(f"--cpus {args.cpus} not available; this process may use {sorted(os.sched_getaffinity(0))}")
     batching = None
     if args.batching_parameters_file and not args.enable_batching:
-        raise ValueError("--batching-parameters-file needs --enable-batching (as in TF Serving)")
+        raise ConfigError("--batching-parameters-file needs --enable-batching (as in TF Serving)")
     if args.enable_batching:
         batching = (
             BatchingOptions.from_file(args.batching_parameters_file)
             if args.batching_parameters_file
             else BatchingOptions()
         )
-    return ServerOptions(
-        model_base_path=args.model_base_path,
-        model_name=args.model_name,
+    rest = _rest_options(args)
+    options = ServerOptions(
+        **model,
         host=args.host,
         port=args.port,
         poll_seconds=args.poll_seconds,
-        num_versions=args.num_versions,
         version_labels=tuple(labels),
         batching=batching,
         max_workers=args.max_workers,
@@ -126,18 +120,73 @@ def server_options(args):
         tf_intra_op_threads=args.tf_intra_op_threads,
         tf_inter_op_threads=args.tf_inter_op_threads,
         cpus=cpus,
+        rest=rest,
     )
+    if options.model_config_file:  # a bad file is a flag error now, not a failure at start
+        from serving.registry import startup_config
+
+        startup_config(options.model_config_file, options.allow_version_labels_for_unavailable_models)
+    return options
+
+
+def _model_source(args) -> dict:
+    """The ServerOptions fields naming what is served: one model's flags, or a config file.
+
+    Raises:
+        ConfigError: both or neither.
+    """
+    single = {"--model-base-path": args.model_base_path, "--model-name": args.model_name,
+              "--num-versions": args.num_versions, "--version-label": args.version_label}
+    if not args.model_config_file:
+        if args.model_base_path is None:
+            raise ConfigError("give --model-base-path (one model) or --model-config-file (a models.config)")
+        if args.model_config_file_poll_wait_seconds or args.allow_version_labels_for_unavailable_models:
+            raise ConfigError("--model-config-file-poll-wait-seconds and --allow-version-labels-for-unavailable-"
+                              "models need --model-config-file")
+        return {"model_base_path": args.model_base_path, "model_name": args.model_name or C.MODEL_NAME,
+                "num_versions": 2 if args.num_versions is None else args.num_versions}
+    given = [flag for flag, value in single.items() if value not in (None, [])]
+    if given:
+        raise ConfigError(f"--model-config-file excludes {', '.join(given)}: the file names the models, "
+                          "their version policies and labels")
+    return {"model_config_file": args.model_config_file,
+            "model_config_poll_seconds": args.model_config_file_poll_wait_seconds,
+            "allow_version_labels_for_unavailable_models": args.allow_version_labels_for_unavailable_models}
+
+
+def _rest_options(args):
+    """The `RestOptions` of `--rest-api-port` and friends, or None without a REST port.
+
+    Raises:
+        ConfigError: --monitoring-config-file without --rest-api-port, or a file that is
+            not a MonitoringConfig.
+    """
+    if args.rest_api_port is None:
+        if args.monitoring_config_file:
+            raise ConfigError("--monitoring-config-file needs --rest-api-port (the metrics page is on the REST port)")
+        return None
+    from serving.rest import RestOptions
+
+    rest = RestOptions(port=args.rest_api_port, num_threads=args.rest_api_num_threads,
+                       monitoring_config_file=args.monitoring_config_file)
+    rest.monitoring()  # a bad file is a flag error now, not a failure at start
+    return rest
 
 
 def run_serve(args) -> int:
-    from serving.server import serve
+    """`vae serve`: runs until SIGTERM or SIGINT; 1 if the address cannot be bound.
 
+    Raises:
+        ConfigError: bad flags.
+    """
+    from serving.server import BindError, serve
+
+    options = server_options(args)
     try:
-        options = server_options(args)
-    except (ValueError, OSError) as err:
+        return serve(options)
+    except (BindError, OSError) as err:  # the address is taken, or the CPUs went away
         print(f"vae serve: error: {err}", file=sys.stderr)
-        return 2
-    return serve(options)
+        return EXIT_FAILURE
 
 
 # === generate ===
@@ -146,10 +195,19 @@ def _add_generate(subparsers) -> None:
         "generate",
         help="ask a server for generated images and write a PNG grid",
         description="Calls the generate signature of TF Serving or `vae serve` and writes the "
-        "images as one PNG grid. The same --seed gives the same images on any server.",
+        "images as one PNG grid. The same --seed gives the same images on any server. A "
+        "label-conditioned model (cvae on labels, m2) draws one image per label: --labels, or "
+        "--per-class N for a grid with one row of N images per class.",
     )
     p.add_argument("--target", default=f"{C.DEFAULT_HOST}:{C.GRPC_PORT}", help="host:port")
-    p.add_argument("-n", "--num-samples", type=int, default=16)
+    p.add_argument("-n", "--num-samples", type=int, help="images of an unconditional model (default 16)")
+    p.add_argument("--labels", metavar="K[,K...]",
+                   help="class labels, comma-separated: one image per label (a label-conditioned model)")
+    p.add_argument("--per-class", type=int, metavar="N",
+                   help="N images of each class, one grid row per class (a label-conditioned model)")
+    p.add_argument("--num-classes", type=int, metavar="K",
+                   help="classes for --per-class (default: the width of the model's classify "
+                   "signature; a cvae has none, so give it)")
     p.add_argument("--seed", type=int, help="generation seed (default: random)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--out", default="generated.png", help="PNG file to write")
@@ -162,31 +220,79 @@ def _add_generate(subparsers) -> None:
 
 
 def run_generate(args) -> int:
+    """`vae generate`: 0 with the PNG written, 1 if the server failed or was unreachable.
+
+    Raises:
+        ConfigError: bad flags (a negative count, an unreadable CA file).
+    """
     from serving.client import ServingError, TLSOptions
     from serving.grid import generate_grid
 
-    tls = TLSOptions.from_files(args.tls_ca) if args.tls_ca else None
+    labels = _labels_flag(args)
+    num_samples = 16 if args.num_samples is None else args.num_samples
+    if num_samples < 0:
+        raise ConfigError(f"--num-samples must be >= 0, got {num_samples}")
     try:
+        tls = TLSOptions.from_files(args.tls_ca) if args.tls_ca else None
+    except OSError as err:
+        raise ConfigError(f"--tls-ca {args.tls_ca}: {err.strerror or err}") from None
+    columns = None
+    try:
+        if args.per_class is not None:
+            num_classes = args.num_classes or _served_num_classes(args, tls)
+            labels = [k for k in range(num_classes) for _ in range(args.per_class)]
+            columns = max(1, args.per_class)
         path = generate_grid(
-            args.target, args.out, args.num_samples, args.seed, args.temperature,
-            args.model_name, args.timeout, tls, args.wait,
+            args.target, args.out, num_samples, args.seed, args.temperature,
+            args.model_name, args.timeout, tls, args.wait, labels=labels, columns=columns,
         )
     except (ServingError, TimeoutError) as err:
         print(f"vae generate: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(path)
-    return 0
+    return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m serving.cli export|serve|generate ...`."""
-    parser = argparse.ArgumentParser(prog="python -m serving.cli")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    return args.func(args)
+def _labels_flag(args) -> list[int] | None:
+    """The labels of `--labels`, or None; checks the label flags against each other.
+
+    Raises:
+        ConfigError: --labels, --per-class and -n combined, a malformed or negative label.
+    """
+    given = [flag for flag, value in (("--labels", args.labels), ("--per-class", args.per_class),
+                                      ("--num-samples", args.num_samples)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give one of --num-samples, --labels and --per-class, got {' and '.join(given)}")
+    if args.num_classes is not None and args.per_class is None:
+        raise ConfigError("--num-classes goes with --per-class")
+    if args.per_class is not None and args.per_class < 1:
+        raise ConfigError(f"--per-class must be >= 1, got {args.per_class}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ConfigError(f"--num-classes must be >= 1, got {args.num_classes}")
+    if args.labels is None:
+        return None
+    try:
+        labels = [int(item) for item in args.labels.split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"--labels must be integers separated by commas, got {args.labels!r}") from None
+    if not labels or min(labels) < 0:
+        raise ConfigError(f"--labels must be class numbers >= 0, got {args.labels!r}")
+    return labels
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _served_num_classes(args, tls) -> int:
+    """K of the served model, from its signatures (M2's classify).
+
+    Raises:
+        ConfigError: the signatures do not show K (give --num-classes).
+    """
+    from serving.client import VAEClient
+
+    with VAEClient(args.target, args.model_name, args.timeout, tls=tls) as client:
+        if args.wait > 0:
+            client.wait_until_ready(timeout=args.wait)
+        count = client.num_classes()
+    if count is None:
+        raise ConfigError(f"{args.model_name!r} at {args.target} does not show its number of classes "
+                          f"(no classify signature); give --num-classes")
+    return count

@@ -8,6 +8,8 @@ Example:
     >>> with VAEClient("127.0.0.1:8500") as client:
     ...     images = client.generate(16, seed=7)   # (16, 28, 28, 1)
     ...     codes = client.encode(images)          # {"z_mean": ..., "z_log_var": ...}
+    ...     digits = client.generate(labels=[0, 1, 2], seed=7)   # a label model
+    ...     probabilities = client.classify(images)              # M2: (N, K)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import contract as C
+from serving.errors import status_code_name
 from serving.tensors import dtype_name, fill_tensor_proto, from_tensor_proto
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,8 @@ class TLSOptions:
 
 
 class VAEClient:
-    """Calls the VAE's signatures over gRPC.
+    """Calls the VAE's signatures over gRPC. Every call raises `ServingError` when the
+    server refuses or fails it (after the retries on UNAVAILABLE).
 
     Args:
         target: `host:port` of TF Serving or `vae serve`.
@@ -126,108 +130,128 @@ class VAEClient:
         self._output_row_bytes: dict[str, int] = {}
 
     # === Signatures ===
-    def generate(self, n: int, seed: int | Sequence[int] | None = None, temperature: float = 1.0) -> np.ndarray:
-        """Draws `n` images: z ~ N(0, temperature^2 I) from `seed`, decoded.
+    def generate(
+        self, n: int | None = None, seed: int | Sequence[int] | None = None, temperature: float = 1.0,
+        *, labels: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Draws `n` images (a label model: one image per label): z ~ N(0, temperature^2 I)
+        from `seed`, decoded (with the label).
 
         The same seed gives the same images on any server. More than the contract's
         MAX_NUM_SAMPLES images are drawn in several requests, request i seeded `(seed, i)`.
 
         Args:
-            n: number of images.
+            n: number of images (a plain VAE); with `labels`, None or len(labels).
             seed: an int, a pair of ints, or None for a random seed.
             temperature: scale of the latent draws.
+            labels: class labels in [0, K), for a label-conditioned model (CVAE on labels, M2).
 
         Returns:
-            float32 array (n, H, W, C).
+            float32 array (n, H, W, C), image i of label i.
 
         Raises:
-            ServingError: the server refused or failed the call.
-            ValueError: `n` is negative.
+            ServingError: the server refused or failed the call (INVALID_ARGUMENT for a
+                label outside [0, K) or labels sent to a plain VAE).
+            ValueError: `n` is negative or missing, or differs from the number of labels.
         """
-        return self.generate_with_latents(n, seed, temperature, outputs=(C.IMAGES,))[0]
+        return self.generate_with_latents(n, seed, temperature, outputs=(C.IMAGES,), labels=labels)[0]
 
     def generate_with_latents(
-        self, n: int, seed=None, temperature: float = 1.0, outputs: Sequence[str] = (C.IMAGES, C.Z)
+        self, n: int | None = None, seed=None, temperature: float = 1.0, outputs: Sequence[str] = (C.IMAGES, C.Z),
+        *, labels: Sequence[int] | np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Like `generate`, also returning the latents: (images (n, H, W, C), z (n, D)).
 
         Raises:
             ServingError: the server refused or failed the call.
-            ValueError: `n` is negative.
+            ValueError: `n` is negative or missing, or differs from the number of labels.
         """
+        if labels is not None:
+            labels = np.asarray(labels, np.int32).reshape(-1)
+            if n is not None and n != len(labels):
+                raise ValueError(f"n={n} but {len(labels)} labels: a label model draws one image per label")
+            n = len(labels)
+        if n is None:
+            raise ValueError("give n (the number of images) or labels")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         first, second = _seed_pair(seed)
         rows = min(C.MAX_NUM_SAMPLES, self._rows_for(C.GENERATE, 0))
+
+        def inputs(start: int, index: int) -> dict:
+            common = {C.SEED: np.asarray([first, second + index], np.int64), C.TEMPERATURE: np.float32(temperature)}
+            if labels is None:
+                return {C.NUM_SAMPLES: np.int32(min(rows, n - start)), **common}
+            return {C.LABELS: labels[start : start + rows], **common}
+
         results = [
-            self.predict(
-                C.GENERATE,
-                {
-                    C.NUM_SAMPLES: np.int32(min(rows, n - start)),
-                    C.SEED: np.asarray([first, second + index], np.int64),
-                    C.TEMPERATURE: np.float32(temperature),
-                },
-                outputs,
-            )
+            self.predict(C.GENERATE, inputs(start, index), outputs)
             for index, start in enumerate(range(0, max(n, 1), rows))
         ]
         return tuple(_join([r[k] for r in results]) for k in outputs)
 
-    def encode(self, images) -> dict[str, np.ndarray]:
-        """q(z|x) of each image.
+    def complete(self, images, seed: int | Sequence[int] | None = None, temperature: float = 1.0) -> np.ndarray:
+        """A half-conditioned CVAE's completions of (N, H, W, C) images in [0, 1]: the
+        observed half as given, the other half drawn (its pixels in `images` are ignored).
 
-        Args:
-            images: (N, H, W, C) floats in [0, 1].
-
-        Returns:
-            {"z_mean": (N, D), "z_log_var": (N, D)} float32 arrays.
+        Large arrays go in several requests, request i seeded `(seed, i)`.
 
         Raises:
-            ServingError: the server refused or failed the call.
+            ServingError: the server refused or failed the call (FAILED_PRECONDITION for a
+                model without `complete`).
         """
-        return self._rows(C.ENCODE, C.IMAGES, images)
+        images = np.asarray(images, np.float32)
+        if images.ndim < 2:
+            raise ValueError(f"{C.IMAGES} must have a batch axis, got shape {images.shape}")
+        first, second = _seed_pair(seed)
+        rows = self._rows_for(C.COMPLETE, 4 * int(np.prod(images.shape[1:])))
+        results = [
+            self.predict(
+                C.COMPLETE,
+                {C.IMAGES: images[start : start + rows], C.SEED: np.asarray([first, second + index], np.int64),
+                 C.TEMPERATURE: np.float32(temperature)},
+            )
+            for index, start in enumerate(range(0, max(len(images), 1), rows))
+        ]
+        return _join([r[C.IMAGES] for r in results])
 
-    def decode(self, z) -> np.ndarray:
-        """The decoder's mean image of each latent vector.
+    # Row signatures: (N, ...) arrays in, N rows out; split under the message limit.
+    # `labels` (one per row) go with a label CVAE's encode, decode, reconstruct and
+    # log_likelihood, and with M2's decode.
+    def encode(self, images, labels=None) -> dict[str, np.ndarray]:
+        """q(z|x) of (N, H, W, C) images in [0, 1]: {"z_mean": (N, D), "z_log_var": (N, D)}."""
+        return self._rows(C.ENCODE, C.IMAGES, images, labels)
 
-        Args:
-            z: (N, D) floats.
+    def decode(self, z, labels=None) -> np.ndarray:
+        """The decoder's mean image (N, H, W, C) of each of (N, D) latent vectors."""
+        return self._rows(C.DECODE, C.Z, z, labels)[C.IMAGES]
 
-        Returns:
-            float32 array (N, H, W, C).
+    def reconstruct(self, images, labels=None) -> np.ndarray:
+        """decode(z_mean) (N, H, W, C) of each of (N, H, W, C) images in [0, 1]."""
+        return self._rows(C.RECONSTRUCT, C.IMAGES, images, labels)[C.IMAGES]
+
+    def log_likelihood(self, images, labels=None) -> np.ndarray:
+        """IWAE estimate of log p(x) (N,) in nats of (N, H, W, C) images in [0, 1] (lower
+        means more anomalous)."""
+        return self._rows(C.LOG_LIKELIHOOD, C.IMAGES, images, labels)[C.LOG_LIKELIHOOD_KEY]
+
+    def classify(self, images) -> np.ndarray:
+        """M2's class probabilities q(y|x) (N, K) of (N, H, W, C) images in [0, 1].
 
         Raises:
-            ServingError: the server refused or failed the call.
+            ServingError: FAILED_PRECONDITION when the model has no classifier.
         """
-        return self._rows(C.DECODE, C.Z, z)[C.IMAGES]
+        return self._rows(C.CLASSIFY, C.IMAGES, images)[C.PROBABILITIES]
 
-    def reconstruct(self, images) -> np.ndarray:
-        """decode(z_mean) of each image.
-
-        Args:
-            images: (N, H, W, C) floats in [0, 1].
-
-        Returns:
-            float32 array (N, H, W, C).
-
-        Raises:
-            ServingError: the server refused or failed the call.
-        """
-        return self._rows(C.RECONSTRUCT, C.IMAGES, images)[C.IMAGES]
-
-    def log_likelihood(self, images) -> np.ndarray:
-        """IWAE estimate of log p(x) per image (nats; lower means more anomalous).
-
-        Args:
-            images: (N, H, W, C) floats in [0, 1].
-
-        Returns:
-            float32 array (N,).
-
-        Raises:
-            ServingError: the server refused or failed the call.
-        """
-        return self._rows(C.LOG_LIKELIHOOD, C.IMAGES, images)[C.LOG_LIKELIHOOD_KEY]
+    def num_classes(self) -> int | None:
+        """K of the served model when its signatures show it (the width of `classify`'s
+        probabilities), else None (class names and K travel in the export's
+        `assets.extra/serving_contract.json`, which TF Serving's metadata does not carry)."""
+        signature = self.metadata()["signatures"].get(C.CLASSIFY)
+        if signature is None or C.PROBABILITIES not in signature["outputs"]:
+            return None
+        width = signature["outputs"][C.PROBABILITIES]["shape"][-1]
+        return int(width) if width > 0 else None
 
     # === Model service ===
     def metadata(self) -> dict:
@@ -278,7 +302,7 @@ class VAEClient:
         return {
             s.version: {
                 "state": state_name(s.state),
-                "error_code": _code_name(s.status.error_code),
+                "error_code": status_code_name(s.status.error_code),
                 "error_message": s.status.error_message,
             }
             for s in response.model_version_status
@@ -325,13 +349,22 @@ class VAEClient:
         response = self._call(self._predict.Predict, request, f"Predict({signature or C.DEFAULT_SIGNATURE})")
         return {k: from_tensor_proto(v, writable=True) for k, v in response.outputs.items()}
 
-    def _rows(self, signature: str, key: str, array) -> dict[str, np.ndarray]:
+    def _rows(self, signature: str, key: str, array, labels=None) -> dict[str, np.ndarray]:
         array = np.asarray(array, np.float32)
         if array.ndim < 2:
             raise ValueError(f"{key} must have a batch axis, got shape {array.shape}")
-        row_bytes = 4 * int(np.prod(array.shape[1:]))
+        if labels is not None:
+            labels = np.asarray(labels, np.int32).reshape(-1)
+            if len(labels) != len(array):
+                raise ValueError(f"{len(labels)} labels for {len(array)} rows of {key}: one label per row")
+        row_bytes = 4 * int(np.prod(array.shape[1:])) + (4 if labels is not None else 0)
         rows = self._rows_for(signature, row_bytes)
-        results = [self.predict(signature, {key: array[i : i + rows]}) for i in range(0, max(len(array), 1), rows)]
+
+        def inputs(i: int) -> dict:
+            part = {key: array[i : i + rows]}
+            return part if labels is None else {**part, C.LABELS: labels[i : i + rows]}
+
+        results = [self.predict(signature, inputs(i)) for i in range(0, max(len(array), 1), rows)]
         return {k: _join([r[k] for r in results]) for k in results[0]}
 
     def _rows_for(self, signature: str, input_row_bytes: int) -> int:
@@ -385,13 +418,6 @@ class VAEClient:
 def _join(parts: list[np.ndarray]) -> np.ndarray:
     """The parts of a split call, in order (no copy for a single part)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _code_name(value: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return code.name
-    return str(value)
 
 
 def _seed_pair(seed) -> tuple[int, int]:

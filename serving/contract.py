@@ -5,7 +5,18 @@ them; TF Serving serves the same export. Every other module imports the names fr
 so no key is spelled twice.
 
 Shapes are written with symbols: `N` is any number of rows, `H`, `W`, `C` are the image
-dimensions and `D` the latent dimension of the exported model.
+dimensions, `D` the latent dimension and `K` the number of classes of the exported model.
+
+Each model kind has its own set of signatures (`signatures_for`): the plain VAE's
+(`SIGNATURES`), a label-conditioned CVAE's (`LABEL_SIGNATURES`: every signature that decodes
+or encodes takes the class `labels` too), M2's (`M2_SIGNATURES`: generation and decoding
+take labels; `encode`, `reconstruct` and `log_likelihood` take images alone and use the
+classifier q(y|x), see their docs; plus `classify`) and a half-conditioned CVAE's
+(`HALF_SIGNATURES`: `complete` instead of `generate`).
+
+Class names: TF Serving's GetModelMetadata answers only `signature_def` and a SignatureDef
+has no field for them, so they travel in `assets.extra/serving_contract.json`
+(`class_names`, with `num_classes`), beside the signatures, and nowhere in the metadata.
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ RECONSTRUCT: Final = "reconstruct"
 LOG_LIKELIHOOD: Final = "log_likelihood"
 # `generate` for several requests at once; the local server's batcher uses it.
 GENERATE_BATCH: Final = "generate_batch"
+# Conditional kinds: M2's classifier q(y|x), and a half-conditioned CVAE's completion.
+CLASSIFY: Final = "classify"
+COMPLETE: Final = "complete"
 # TF Serving answers an empty signature_name with this key; it is `generate`.
 DEFAULT_SIGNATURE: Final = "serving_default"
 DEFAULT_SIGNATURE_TARGET: Final = GENERATE
@@ -41,6 +55,8 @@ NUM_SAMPLES: Final = "num_samples"
 SEED: Final = "seed"
 TEMPERATURE: Final = "temperature"
 LOG_LIKELIHOOD_KEY: Final = "log_likelihood"
+LABELS: Final = "labels"  # int32 [N] class labels in [0, K)
+PROBABILITIES: Final = "probabilities"  # float32 [N, K], q(y|x)
 
 # === Limits ===
 MAX_NUM_SAMPLES: Final = 1024  # images per generate request
@@ -66,6 +82,18 @@ HEALTH_SERVICE: Final = "tensorflow.serving.PredictionService"
 # The one GetModelMetadata field TF Serving answers: the signatures as a SignatureDefMap.
 SIGNATURE_DEF_FIELD: Final = "signature_def"
 
+# === Model kinds as served (the `kind` field of serving_contract.json) ===
+PLAIN_KIND: Final = "vae"  # an unconditional VAE (an export without `kind` is one too)
+LABEL_KIND: Final = "label_cvae"  # a CVAE conditioned on the class label
+HALF_KIND: Final = "half_cvae"  # a CVAE conditioned on an observed half of the image
+M2_KIND: Final = "m2"  # the semi-supervised M2 (a label CVAE with a classifier)
+LABEL_KINDS: Final = (LABEL_KIND, M2_KIND)  # kinds whose signatures take `labels`
+# Fields of serving_contract.json that the server reads.
+CONTRACT_KIND_FIELD: Final = "kind"
+CONTRACT_CONDITION_FIELD: Final = "condition"
+NUM_CLASSES_FIELD: Final = "num_classes"
+CLASS_NAMES_FIELD: Final = "class_names"
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
@@ -75,9 +103,12 @@ class TensorSpec:
     dtype: str
     shape: tuple[str | int, ...]
 
-    def resolve(self, image_shape: tuple[int, int, int], latent_dim: int) -> tuple[int | None, ...]:
+    def resolve(
+        self, image_shape: tuple[int, int, int], latent_dim: int, num_classes: int | None = None
+    ) -> tuple[int | None, ...]:
         """The concrete shape for a model; None marks a dimension of any size."""
-        sizes = {"N": None, "H": image_shape[0], "W": image_shape[1], "C": image_shape[2], "D": latent_dim}
+        sizes = {"N": None, "H": image_shape[0], "W": image_shape[1], "C": image_shape[2], "D": latent_dim,
+                 "K": num_classes}
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
 
 
@@ -139,6 +170,130 @@ SIGNATURES: Final[dict[str, SignatureSpec]] = {
 # Row-wise signatures: every input and output has the rows on axis 0.
 ROW_SIGNATURES: Final = (ENCODE, DECODE, RECONSTRUCT, LOG_LIKELIHOOD)
 
+# === Conditional kinds ===
+_LABELS = TensorSpec(LABELS, "int32", ("N",))
+_GENERATE_LABELS = SignatureSpec(
+    GENERATE,
+    (_LABELS, TensorSpec(SEED, "int64", (2,)), TensorSpec(TEMPERATURE, "float32", ())),
+    (_IMAGES, _Z),
+    "One image per label: z ~ N(0, temperature^2 I) drawn statelessly from `seed`, decoded "
+    "with the label's one-hot condition. A label outside [0, K) is INVALID_ARGUMENT.",
+)
+_DECODE_LABELS = SignatureSpec(
+    DECODE, (_Z, _LABELS), (_IMAGES,), "The decoder's mean image for each z and its label (one label per row)."
+)
+_CLASSIFY = SignatureSpec(
+    CLASSIFY, (_IMAGES,), (TensorSpec(PROBABILITIES, "float32", ("N", "K")),),
+    "q(y|x), the classifier's class probabilities of each image.",
+)
+_ENCODED = (TensorSpec(Z_MEAN, "float32", ("N", "D")), TensorSpec(Z_LOG_VAR, "float32", ("N", "D")))
+_SCORE = (TensorSpec(LOG_LIKELIHOOD_KEY, "float32", ("N",)),)
+
+LABEL_SIGNATURES: Final[dict[str, SignatureSpec]] = {
+    s.name: s
+    for s in (
+        _GENERATE_LABELS,
+        SignatureSpec(ENCODE, (_IMAGES, _LABELS), _ENCODED, "q(z|x, y) of images in [0, 1] with their labels."),
+        _DECODE_LABELS,
+        SignatureSpec(RECONSTRUCT, (_IMAGES, _LABELS), (_IMAGES,), "decode(z_mean, y) of each image and label."),
+        SignatureSpec(
+            LOG_LIKELIHOOD, (_IMAGES, _LABELS), _SCORE,
+            f"IWAE estimate of log p(x|y) in nats, k={IWAE_NUM_SAMPLES}, fixed seed, drawn per image.",
+        ),
+    )
+}
+
+M2_SIGNATURES: Final[dict[str, SignatureSpec]] = {
+    s.name: s
+    for s in (
+        _GENERATE_LABELS,
+        SignatureSpec(
+            ENCODE, (_IMAGES,), _ENCODED,
+            "q(z|x, y) of images in [0, 1], y the classifier's most likely class argmax q(y|x) "
+            "(no labels needed).",
+        ),
+        _DECODE_LABELS,
+        SignatureSpec(RECONSTRUCT, (_IMAGES,), (_IMAGES,), "decode(z_mean, y), y = argmax q(y|x), of each image."),
+        SignatureSpec(
+            LOG_LIKELIHOOD, (_IMAGES,), _SCORE,
+            f"IWAE estimate of the marginal log p(x) = log sum_y p(y) p(x|y) in nats, k={IWAE_NUM_SAMPLES} "
+            "per class, fixed seed, drawn per image.",
+        ),
+        _CLASSIFY,
+    )
+}
+
+HALF_SIGNATURES: Final[dict[str, SignatureSpec]] = {
+    s.name: s
+    for s in (
+        SignatureSpec(
+            COMPLETE,
+            (_IMAGES, TensorSpec(SEED, "int64", (2,)), TensorSpec(TEMPERATURE, "float32", ())),
+            (_IMAGES,),
+            "Each image's observed half as given and the other half drawn from p(x|z, observed), "
+            "z ~ N(0, temperature^2 I) from `seed`; the pixels of the hidden half are ignored.",
+        ),
+        SignatureSpec(ENCODE, (_IMAGES,), _ENCODED, "q(z|x, observed half) of whole images in [0, 1]."),
+        SignatureSpec(
+            RECONSTRUCT, (_IMAGES,), (_IMAGES,), "The observed half kept, the other decoded from z_mean."
+        ),
+        SignatureSpec(
+            LOG_LIKELIHOOD, (_IMAGES,), _SCORE,
+            f"IWAE estimate of log p(hidden half | observed half) in nats, k={IWAE_NUM_SAMPLES}, fixed seed.",
+        ),
+    )
+}
+
+_KIND_SIGNATURES: Final = {PLAIN_KIND: SIGNATURES, LABEL_KIND: LABEL_SIGNATURES, M2_KIND: M2_SIGNATURES,
+                           HALF_KIND: HALF_SIGNATURES}
+# Row-wise signatures of any kind (ROW_SIGNATURES plus M2's classify): the batcher joins them.
+ANY_ROW_SIGNATURES: Final = (*ROW_SIGNATURES, CLASSIFY)
+
+
+def serving_kind(kind: str, condition: str | None) -> str:
+    """The served kind of a model of `model.kind` `kind` conditioned on `condition`
+    (None, "label" or a half)."""
+    if kind == "m2":
+        return M2_KIND
+    if condition is None:
+        return PLAIN_KIND
+    return LABEL_KIND if condition == "label" else HALF_KIND
+
+
+def signatures_for(kind: str) -> dict[str, SignatureSpec]:
+    """The signatures an export of the served `kind` has.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind not in _KIND_SIGNATURES:
+        raise ValueError(f"unknown served kind {kind!r}; expected one of {sorted(_KIND_SIGNATURES)}")
+    return _KIND_SIGNATURES[kind]
+
+
+def default_signature_for(kind: str) -> str:
+    """The signature `serving_default` stands for: `generate`, or `complete` for a half CVAE."""
+    return COMPLETE if kind == HALF_KIND else DEFAULT_SIGNATURE_TARGET
+
+
+def all_signatures() -> dict[str, list[SignatureSpec]]:
+    """Every signature name with its variants over the kinds (for checks and docs)."""
+    found: dict[str, list[SignatureSpec]] = {}
+    for specs in _KIND_SIGNATURES.values():
+        for name, spec in specs.items():
+            if spec not in found.setdefault(name, []):
+                found[name].append(spec)
+    return found
+
+
+def label_error(labels, num_classes: int) -> str | None:
+    """The error of class labels outside [0, num_classes), or None."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = sorted({int(v) for v in labels.reshape(-1) if not 0 <= v < num_classes})
+        return f"{LABELS} must be within [0, {num_classes}), got {bad[:10]}"
+    return None
+
 
 def limit_error(inputs: Mapping[str, np.ndarray]) -> str | None:
     """Checks a request's inputs against the limits; returns the error message or None.
@@ -154,15 +309,32 @@ def limit_error(inputs: Mapping[str, np.ndarray]) -> str | None:
             low, high = np.min(counts, initial=0), np.max(counts, initial=0)
         if low < 0 or high > MAX_NUM_SAMPLES:
             return f"{NUM_SAMPLES} must be within [0, {MAX_NUM_SAMPLES}], got {np.asarray(counts).tolist()}"
-    for key in (IMAGES, Z):
+    for key in (IMAGES, Z, LABELS):
         rows = np.shape(inputs[key])[0] if key in inputs and np.ndim(inputs[key]) > 0 else 0
-        if rows > MAX_BATCH:
-            return f"{key} has {rows} rows; at most {MAX_BATCH} rows per request"
+        message = rows_error(key, rows)
+        if message is not None:
+            return message
+    if LABELS in inputs:
+        for key in (IMAGES, Z):
+            if key in inputs and np.shape(inputs[key])[:1] != np.shape(inputs[LABELS])[:1]:
+                return (f"{LABELS} has {np.shape(inputs[LABELS])[0]} rows and {key} has "
+                        f"{np.shape(inputs[key])[0]}; one label per row")
     if TEMPERATURE in inputs:
         temperature = inputs[TEMPERATURE]
         finite = math.isfinite(temperature) if np.ndim(temperature) == 0 else bool(np.isfinite(temperature).all())
         if not finite:
             return f"{TEMPERATURE} must be finite"
+    return None
+
+
+def rows_error(key: str, rows: int) -> str | None:
+    """The limit error of an input `key` with `rows` rows, or None.
+
+    The server checks it on a request's declared shapes before it reads any tensor, so a
+    request that declares more rows than the limit never reaches an allocation.
+    """
+    if key in (IMAGES, Z, LABELS) and rows > MAX_BATCH:
+        return f"{key} has {rows} rows; at most {MAX_BATCH} rows per request"
     return None
 
 

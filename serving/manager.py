@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
-from serving.servable import RequestError, Servable, invalid
+from serving.errors import RequestError, invalid
+from serving.layout import list_versions
+from serving.servable import Servable
 
 log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -38,6 +40,8 @@ class ModelManager:
         name: the model name requests must use.
         base_path: the folder holding the version folders.
         num_versions: how many of the newest versions stay loaded (0: all).
+            `set_version_policy` changes it, or pins given versions (TF Serving's
+            `model_version_policy`: latest, all, specific).
         poll_seconds: how often to look for new versions (0: only at start).
         version_labels: label -> version (TF Serving's `version_labels`).
         max_load_attempts: a version that failed to load this often is given up (END).
@@ -64,7 +68,9 @@ class ModelManager:
         self._servables: dict[int, Servable] = {}  # replaced, never mutated: lock-free reads
         self._states: dict[int, VersionState] = {}
         self._failures: dict[int, int] = {}
+        self.specific_versions: frozenset[int] | None = None  # set_version_policy
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()  # one look at the file system at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_empty = False
@@ -89,10 +95,29 @@ class ModelManager:
             except Exception:  # a bad folder must not stop the poller
                 log.exception("polling %s failed", self.base_path)
 
+    def set_version_policy(self, num_versions: int = 0, versions: Iterable[int] | None = None) -> None:
+        """Changes which versions are served and applies it now: the newest `num_versions`
+        (0: all), or exactly `versions` that exist on disk. A newly aspired version loads
+        before the versions it replaces unload, so requests keep being answered.
+        """
+        with self._poll_lock:
+            self.num_versions = num_versions
+            self.specific_versions = None if versions is None else frozenset(versions)
+        self.poll_once()
+
+    def _aspired(self, on_disk: list[int]) -> list[int]:
+        if self.specific_versions is not None:
+            return [v for v in on_disk if v in self.specific_versions]
+        return on_disk[-self.num_versions :] if self.num_versions > 0 else on_disk
+
     def poll_once(self) -> None:
         """One look at the file system: load new aspired versions, unload old ones."""
+        with self._poll_lock:  # the poller and set_version_policy may both look
+            self._poll()
+
+    def _poll(self) -> None:
         on_disk = self._versions_on_disk()
-        aspired = on_disk[-self.num_versions :] if self.num_versions > 0 else on_disk
+        aspired = self._aspired(on_disk)
         for version in reversed(aspired):  # newest first
             if version not in self._servables and self._failures.get(version, 0) < self.max_load_attempts:
                 if self._stop.is_set():
@@ -103,10 +128,7 @@ class ModelManager:
                 self._unload(version)
 
     def _versions_on_disk(self) -> list[int]:
-        if not self.base_path.is_dir():
-            versions = []
-        else:
-            versions = sorted(int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and p.is_dir())
+        versions = list_versions(self.base_path)
         if not versions and not self._warned_empty:
             self._warned_empty = True
             hint = self.base_path / self.name

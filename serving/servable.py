@@ -7,6 +7,7 @@ TF Serving's `predict_util.cc` (same gRPC codes, messages saying what was expect
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,35 +15,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from serving import contract as C
+from serving.errors import RequestError, invalid, status_code_of, tf_error_message
+from serving.layout import SERVE_TAG, read_signature_defs
 from serving.tensors import dtype_name, from_tensor_proto, shape_of
 
 log = logging.getLogger(__name__)
-SERVE_TAG = "serve"
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the gRPC code TF Serving would answer."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def status_code_of(error: tf.errors.OpError) -> grpc.StatusCode:
-    """The gRPC code of a TensorFlow error (both use the same numbers)."""
-    for code in grpc.StatusCode:
-        if code.value[0] == error.error_code:
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,20 +75,14 @@ class Prepared:
 
     @property
     def rows(self) -> int:
-        """Rows this request adds to a batch (dim 0 of its row input, or num_samples)."""
-        if self.signature.name in C.ROW_SIGNATURES:
+        """Rows this request adds to a batch (dim 0 of its row input; num_samples, or the
+        number of labels, of a generate request; the images of a complete request)."""
+        if self.signature.name in C.ANY_ROW_SIGNATURES:
             return int(next(iter(self.inputs.values())).shape[0])
+        for key in (C.LABELS, C.IMAGES):
+            if key in self.inputs:
+                return int(np.shape(self.inputs[key])[0])
         return int(np.sum(self.inputs.get(C.NUM_SAMPLES, 0)))
-
-
-def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDefs of the `serve` MetaGraph in `saved_model.pb` (what TF Serving reads)."""
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((path / C.SAVED_MODEL_FILE).read_bytes())
-    for meta_graph in saved_model.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(f"{path} has no MetaGraph tagged {SERVE_TAG!r}")
 
 
 class Servable:
@@ -125,6 +99,10 @@ class Servable:
         self.version = version
         self.path = Path(path)
         self.signature_defs = read_signature_defs(self.path)
+        self.description = _read_description(self.path)
+        # K of a label-conditioned model (its labels are checked before running), or None.
+        self.num_classes: int | None = self.description.get(C.NUM_CLASSES_FIELD)
+        self.class_names: list[str] | None = self.description.get(C.CLASS_NAMES_FIELD)
         self._loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
         self.signatures: dict[str, Signature] = {}
         for key, function in self._loaded.signatures.items():
@@ -141,8 +119,10 @@ class Servable:
         """Validates a request against its signature and the contract's limits.
 
         Raises:
-            RequestError: FAILED_PRECONDITION for an unknown signature, INVALID_ARGUMENT for
-                wrong input names, dtypes, shapes, output aliases or limits.
+            RequestError: FAILED_PRECONDITION for an unknown signature (e.g. `classify` of a
+                plain VAE), INVALID_ARGUMENT for wrong input names, dtypes, shapes, output
+                aliases or limits, for labels outside [0, K) and for a labels count that
+                is not the images' (or z's).
         """
         key = request.model_spec.signature_name or C.DEFAULT_SIGNATURE
         signature = self.signatures.get(key)
@@ -155,6 +135,8 @@ class Servable:
         _check_input_names(signature, request.inputs.keys())
         inputs = {alias: _read_input(signature, alias, proto) for alias, proto in request.inputs.items()}
         message = C.limit_error(inputs)
+        if message is None and C.LABELS in inputs and self.num_classes is not None:
+            message = C.label_error(inputs[C.LABELS], self.num_classes)
         if message is not None:
             raise invalid(message)
         return Prepared(signature, inputs, outputs)
@@ -171,7 +153,7 @@ class Servable:
         try:
             result = signature.call({k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.OpError as err:
-            raise RequestError(status_code_of(err), _tf_message(err)) from None
+            raise RequestError(status_code_of(err), tf_error_message(err)) from None
         return {k: np.asarray(result[k]) for k in (outputs or result)}  # no copy, unlike .numpy()
 
     def warm_up(self) -> int:
@@ -194,14 +176,14 @@ class Servable:
         return count
 
 
-def _tf_message(err: tf.errors.OpError) -> str:
-    """The useful line of a TensorFlow error (the failed check, not the stack note)."""
-    lines = [line.strip() for line in err.message.splitlines() if line.strip()]
-    for line in lines:
-        if "assertion failed" in line:
-            return line
-    useful = [line for line in lines if not line.startswith(("Graph execution error", "Detected at", "<stack"))]
-    return (useful or lines or [type(err).__name__])[0]
+def _read_description(path: Path) -> dict:
+    """`assets.extra/serving_contract.json` of a version ({} if missing or unreadable: the
+    in-graph checks still hold)."""
+    try:
+        description = json.loads((path / C.ASSETS_EXTRA / C.CONTRACT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return description if isinstance(description, dict) else {}
 
 
 def _shape(proto) -> tuple[int, ...] | None:
@@ -257,6 +239,9 @@ def _read_input(signature: Signature, alias: str, proto) -> np.ndarray:
             f"input {alias!r} of signature {signature.name!r} has shape "
             f"{list(shape) if shape is not None else '?'}; expected {list(spec.shape)} (-1: any size)"
         )
+    message = C.rows_error(alias, shape[0]) if shape else None  # before any allocation
+    if message is not None:
+        raise invalid(message)
     try:
         return from_tensor_proto(proto, shape=shape)
     except ValueError as err:

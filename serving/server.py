@@ -18,11 +18,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import NoReturn
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -31,22 +33,26 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from core.config import ConfigBase, require
 from serving import contract as C
-from serving import health
+from serving import service
 from serving.batching import BatchingOptions, BatchScheduler
+from serving.errors import RequestError
 from serving.manager import ModelManager
-from serving.servable import RequestError, invalid
-from serving.tensors import fill_tensor_proto
+from serving.metrics import GRPC_PREDICT, ServingMetrics
+from serving.registry import ModelRegistry
+from serving.rest import RestApi, RestOptions, RestServer
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class ServerOptions:
+class ServerOptions(ConfigBase):
     """Everything `vae serve` can set.
 
     Args:
-        model_base_path: the folder with the version folders (`<export base>/<model name>`).
+        model_base_path: the folder with the version folders (`<export base>/<model name>`);
+            empty with `model_config_file`.
         model_name: the name requests must use.
         host: interface to bind (loopback by default).
         port: gRPC port; 0 picks a free one (`ModelServer.start` returns it).
@@ -54,6 +60,13 @@ class ServerOptions:
             `--file_system_poll_wait_seconds`); 0 loads once.
         num_versions: newest versions kept loaded (`model_version_policy { latest }`); 0: all.
         version_labels: (label, version) pairs (`version_labels` of models.config).
+        model_config_file: TF Serving's models.config (serving/model_config.py): serve every
+            model it lists with its version policy and labels, instead of `model_base_path`,
+            `model_name`, `num_versions` and `version_labels`.
+        model_config_poll_seconds: how often the config file is read again (TF Serving's
+            `--model_config_file_poll_wait_seconds`); 0 reads it once.
+        allow_version_labels_for_unavailable_models: a config's new label may name a version
+            not loaded yet (TF Serving's flag of that name).
         batching: server-side batching, or None to run every request on its own.
         max_workers: gRPC handler threads.
         max_concurrent_rpcs: requests in flight before RESOURCE_EXHAUSTED.
@@ -66,15 +79,19 @@ class ServerOptions:
             TensorFlow choose. Only applied if TensorFlow has not started yet in the process.
         cpus: CPU ids the whole process is confined to (like `taskset -c` or Docker's
             `--cpuset-cpus`); empty: no change. See `_confine_process`.
+        rest: TF Serving's REST API (and Prometheus page) on the same interface, or None.
     """
 
-    model_base_path: str
+    model_base_path: str = ""
     model_name: str = C.MODEL_NAME
     host: str = C.DEFAULT_HOST
     port: int = C.GRPC_PORT
     poll_seconds: float = 1.0
     num_versions: int = 2
     version_labels: tuple[tuple[str, int], ...] = ()
+    model_config_file: str | None = None
+    model_config_poll_seconds: float = 0.0
+    allow_version_labels_for_unavailable_models: bool = False
     batching: BatchingOptions | None = None
     max_workers: int = 16
     max_concurrent_rpcs: int = 256
@@ -86,24 +103,34 @@ class ServerOptions:
     tf_intra_op_threads: int = 0
     tf_inter_op_threads: int = 0
     cpus: tuple[int, ...] = ()
+    rest: RestOptions | None = None
 
     def __post_init__(self) -> None:
-        if not self.model_name:
-            raise ValueError("model_name must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be within [0, 65535], got {self.port}")
-        if self.num_versions < 0 or self.poll_seconds < 0:
-            raise ValueError("num_versions and poll_seconds must be >= 0")
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together")
-        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
-        if self.max_workers < 1 or self.max_message_bytes < 1:
-            raise ValueError("max_workers and max_message_bytes must be >= 1")
-        if self.tf_intra_op_threads < 0 or self.tf_inter_op_threads < 0:
-            raise ValueError("TensorFlow thread counts must be >= 0")
-        if any(cpu < 0 for cpu in self.cpus):
-            raise ValueError(f"cpus must be CPU ids >= 0, got {list(self.cpus)}")
+        require(self, "model_base_path", bool(self.model_base_path) or bool(self.model_config_file),
+                "must not be empty (or give model_config_file)")
+        exclusive = not (self.model_config_file and (self.model_base_path or self.version_labels))
+        require(self, "model_config_file", exclusive,
+                "excludes model_base_path and version_labels (the file names the models, policies and labels)")
+        require(self, "model_config_poll_seconds", self.model_config_poll_seconds >= 0, "must be >= 0")
+        require(self, "model_name", bool(self.model_name), "must not be empty")
+        require(self, "port", 0 <= self.port <= 65535, "must be within [0, 65535]")
+        require(self, "poll_seconds", self.poll_seconds >= 0, "must be >= 0")
+        require(self, "num_versions", self.num_versions >= 0, "must be >= 0")
+        require(self, "tls_key_file", (self.tls_cert_file is None) == (self.tls_key_file is None),
+                "goes together with tls_cert_file (both or neither)")
+        require(self, "tls_client_ca_file", self.tls_client_ca_file is None or self.tls_cert_file is not None,
+                "needs tls_cert_file and tls_key_file")
+        require(self, "max_workers", self.max_workers >= 1, "must be >= 1")
+        require(self, "max_concurrent_rpcs", self.max_concurrent_rpcs >= 1, "must be >= 1")
+        require(self, "max_message_bytes", self.max_message_bytes >= 1, "must be >= 1")
+        require(self, "grace_seconds", self.grace_seconds >= 0, "must be >= 0")
+        require(self, "tf_intra_op_threads", self.tf_intra_op_threads >= 0, "must be >= 0")
+        require(self, "tf_inter_op_threads", self.tf_inter_op_threads >= 0, "must be >= 0")
+        require(self, "cpus", all(cpu >= 0 for cpu in self.cpus), "must be CPU ids >= 0")
+
+
+class BindError(RuntimeError):
+    """The server's address cannot be bound (in use, or not an address of this host)."""
 
 
 def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
@@ -112,75 +139,43 @@ def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference stay UNIMPLEMENTED."""
+    """Predict and GetModelMetadata (serving/service.py); Classify, Regress and
+    MultiInference stay UNIMPLEMENTED."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None):
+    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None, metrics: ServingMetrics):
         self._manager = manager
         self._scheduler = scheduler
+        self._metrics = metrics
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
-            servable = self._manager.lookup(request.model_spec)
-            prepared = servable.prepare(request)
-            outputs = None
-            if self._scheduler is not None:
-                outputs = self._scheduler.submit(servable, prepared, context.is_active)
-            if outputs is None:
-                outputs = servable.run(prepared.signature, prepared.inputs, prepared.outputs)
+            return service.predict(self._manager, self._scheduler, request, context.is_active)
         except RequestError as err:
+            code = err.code
             _abort(context, err)
-        except Exception as err:  # a bug must cost one request, not the server
-            log.exception("Predict failed")
-            _abort(context, RequestError(grpc.StatusCode.INTERNAL, f"Predict failed: {err}"))
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = request.model_spec.signature_name or C.DEFAULT_SIGNATURE
-        for alias in prepared.outputs:
-            fill_tensor_proto(response.outputs[alias], outputs[alias])
-        return response
+        finally:
+            self._metrics.record(request.model_spec.name, GRPC_PREDICT, code.name, time.perf_counter() - start)
 
     def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
         try:
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            if not request.metadata_field:
-                raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
-            for field in request.metadata_field:
-                if field != C.SIGNATURE_DEF_FIELD:
-                    raise invalid(f"Metadata field {field} is not supported")
-            servable = self._manager.lookup(request.model_spec)
+            return service.model_metadata(self._manager, request)
         except RequestError as err:
             _abort(context, err)
-        definitions = get_model_metadata_pb2.SignatureDefMap()
-        for key, definition in servable.signature_defs.items():
-            definitions.signature_def[key].CopyFrom(definition)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.metadata[C.SIGNATURE_DEF_FIELD].Pack(definitions)
-        return response
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus; HandleReloadConfigRequest stays UNIMPLEMENTED."""
+    """GetModelStatus (serving/service.py); HandleReloadConfigRequest stays UNIMPLEMENTED."""
 
     def __init__(self, manager: ModelManager):
         self._manager = manager
 
     def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
         try:
-            if not request.HasField("model_spec"):
-                raise invalid("Missing ModelSpec")
-            states = self._manager.status(request.model_spec)
+            return service.model_status(self._manager, request)
         except RequestError as err:
             _abort(context, err)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for version, state in states.items():
-            entry = response.model_version_status.add(version=version, state=state.state)
-            entry.status.error_code = state.error_code.value[0]
-            entry.status.error_message = state.error_message
-        return response
 
 
 def _credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
@@ -205,17 +200,29 @@ class ModelServer:
         if options.cpus:
             _confine_process(options.cpus)
         _configure_tensorflow_threads(options)
-        self.health = health.HealthService()
+        self.health = health.HealthServicer()
         self._set_health(False)
-        self.manager = ModelManager(
-            options.model_name,
-            options.model_base_path,
-            num_versions=options.num_versions,
-            poll_seconds=options.poll_seconds,
-            version_labels=dict(options.version_labels),
-            on_change=self._set_health,
-        )
+        self.manager: ModelManager | ModelRegistry
+        if options.model_config_file:
+            self.manager = ModelRegistry(
+                options.model_config_file,
+                poll_seconds=options.poll_seconds,
+                config_poll_seconds=options.model_config_poll_seconds,
+                allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+                on_change=self._set_health,
+            )
+        else:
+            self.manager = ModelManager(
+                options.model_name,
+                options.model_base_path,
+                num_versions=options.num_versions,
+                poll_seconds=options.poll_seconds,
+                version_labels=dict(options.version_labels),
+                on_change=self._set_health,
+            )
         self.scheduler = BatchScheduler(options.batching) if options.batching else None
+        self.metrics = ServingMetrics(self.scheduler.queue_depths if self.scheduler else None)
+        self.rest: RestServer | None = None
         limits = [
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
@@ -227,17 +234,18 @@ class ModelServer:
             maximum_concurrent_rpcs=options.max_concurrent_rpcs,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager, self.scheduler), self._server
+            PredictionServicer(self.manager, self.scheduler, self.metrics), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self._server)
-        self.health.add_to_server(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port: int | None = None
         self._stopped = threading.Event()
 
     def _set_health(self, serving: bool) -> None:
-        status = health.SERVING if serving else health.NOT_SERVING
-        for service in ("", C.HEALTH_SERVICE):
-            self.health.set(service, status)
+        Status = health_pb2.HealthCheckResponse
+        status = Status.SERVING if serving else Status.NOT_SERVING
+        for name in (health.OVERALL_HEALTH, C.HEALTH_SERVICE):
+            self.health.set(name, status)
 
     def start(self) -> int:
         """Loads the versions found on disk, binds and starts serving.
@@ -246,7 +254,8 @@ class ModelServer:
             The bound port.
 
         Raises:
-            RuntimeError: the address could not be bound.
+            BindError: the address could not be bound.
+            ConfigError: the model config file is bad (serving/registry.py).
         """
         self.manager.start()
         address = f"{self.options.host}:{self.options.port}"
@@ -258,25 +267,43 @@ class ModelServer:
                 port = self._server.add_secure_port(address, credentials)
         except RuntimeError as err:
             self.manager.stop()
-            raise RuntimeError(f"cannot bind {address}: {err}") from None
+            raise BindError(f"cannot bind {address}: {err}") from None
         if port == 0:
             self.manager.stop()
-            raise RuntimeError(f"cannot bind {address}")
+            raise BindError(f"cannot bind {address}")
         self._server.start()
         self.port = port
+        if self.options.rest is not None:
+            self._start_rest(self.options.rest)
+        served = (f"the models of {self.options.model_config_file}" if self.options.model_config_file
+                  else f"model {self.options.model_name!r} from {self.options.model_base_path}")
         log.info(
-            "serving model %r from %s on %s:%d (%s, batching %s, versions %s)",
-            self.options.model_name, self.options.model_base_path, self.options.host, port,
+            "serving %s on %s:%d (%s, batching %s, versions %s)",
+            served, self.options.host, port,
             "TLS" if credentials else "plaintext", "on" if self.scheduler else "off",
             self.manager.available_versions or "none yet",
         )
         return port
+
+    def _start_rest(self, options: RestOptions) -> None:
+        app = RestApi(self.manager, self.scheduler, self.metrics, options.monitoring(),
+                      options.max_concurrent_requests)
+        try:
+            self.rest = RestServer(app, self.options.host, options)
+        except RuntimeError as err:
+            self._server.stop(0)
+            self.manager.stop()
+            raise BindError(str(err)) from None
+        self.rest.start()
+        log.info("REST API on %s:%d", self.options.host, self.rest.port)
 
     def stop(self, grace: float | None = None) -> None:
         """Stops accepting requests, lets in-flight ones finish, then stops the threads."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.rest is not None:
+            self.rest.stop()
         self.health.enter_graceful_shutdown()
         grace = self.options.grace_seconds if grace is None else grace
         self._server.stop(grace).wait()

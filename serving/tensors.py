@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from serving.contract import MAX_MESSAGE_BYTES
+
 _NUMPY_TO_DTYPE: dict[np.dtype, int] = {
     np.dtype(np.float32): types_pb2.DT_FLOAT,
     np.dtype(np.float64): types_pb2.DT_DOUBLE,
@@ -72,25 +74,38 @@ def to_tensor_proto(array) -> tensor_pb2.TensorProto:
 
 
 def from_tensor_proto(
-    proto: tensor_pb2.TensorProto, writable: bool = False, shape: tuple[int, ...] | None = None
+    proto: tensor_pb2.TensorProto,
+    writable: bool = False,
+    shape: tuple[int, ...] | None = None,
+    max_fill_bytes: int = MAX_MESSAGE_BYTES,
 ) -> np.ndarray:
     """A TensorProto as a numpy array.
+
+    Nothing is allocated before the declared shape is checked against the data the proto
+    carries: `tensor_content` must fill the shape exactly; typed fields (`float_val`, ...)
+    may hold fewer values than the shape (TensorFlow fills the rest with the last value, or
+    zeros), but only up to `max_fill_bytes`.
 
     Args:
         proto: the tensor.
         writable: copy out of the message buffer (otherwise the array is read-only).
         shape: `shape_of(proto)` if the caller has it already (reading it again costs time).
+        max_fill_bytes: the largest tensor that may be filled from fewer values than its shape.
 
     Raises:
-        ValueError: the proto is malformed (its content does not fill its shape).
+        ValueError: the proto is malformed (negative sizes, content that does not fill its
+            shape, or a shape far larger than its data).
     """
     shape = shape_of(proto) if shape is None else shape
     if shape is None:
         raise ValueError("tensor has an unknown rank")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"tensor shape {list(shape)} has a negative size")
     np_dtype = _DTYPE_TO_NUMPY.get(proto.dtype)
+    count = math.prod(shape)
     content = proto.tensor_content  # each read copies the bytes out of the message: read once
     if np_dtype is not None and content:
-        expected = math.prod(shape) * np_dtype.itemsize
+        expected = count * np_dtype.itemsize
         if len(content) != expected:
             raise ValueError(
                 f"tensor_content has {len(content)} bytes; shape {list(shape)} "
@@ -98,7 +113,23 @@ def from_tensor_proto(
             )
         array = np.frombuffer(content, dtype=np_dtype).reshape(shape)
         return array.copy() if writable else array
+    present = _typed_values(proto)
+    needed = count * (np_dtype.itemsize if np_dtype is not None else 8)
+    if present < count and needed > max_fill_bytes:
+        raise ValueError(
+            f"tensor declares shape {list(shape)} of {dtype_name(proto.dtype)} ({count} elements, "
+            f"{needed} bytes) but carries {present} values; a tensor may be filled from fewer "
+            f"values than its shape only up to {max_fill_bytes} bytes"
+        )
     try:
         return tf.make_ndarray(proto)
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot read tensor of {dtype_name(proto.dtype)} {list(shape)}: {err}") from None
+
+
+def _typed_values(proto: tensor_pb2.TensorProto) -> int:
+    """How many values the proto's typed fields (`float_val`, `int_val`, ...) carry."""
+    return sum(
+        len(value) for field, value in proto.ListFields()
+        if field.label == field.LABEL_REPEATED
+    )

@@ -4,14 +4,23 @@
     manifest = encode(EncodeConfig(model="exports/vae", out="codes/test", input_kind="tfds",
                                    dataset="fashion_mnist", split="test"))
 
-The export is loaded with `tf.saved_model.load` and called through its `encode` (and
-`log_likelihood`, `reconstruct`) signatures; nothing here imports `model/` or Keras.
-Modules: `config` (the job), `signatures` (the export), `sources`, `datasets` and `tfrecords` (the
-inputs), `images` (decoding and checks), `output` (shards, state, manifest), `local` and
-`beam` (the two runners), `job` (the entry point).
+The export's `encode` (and `log_likelihood`, `reconstruct`) signatures are loaded and
+called; nothing here imports `model/` or Keras. Modules: `config` (the job), `signatures`
+and `loading` (the export), `sources`, `datasets` and `tfrecords` (the inputs), `images`
+(decoding and checks), `output` (shards, state, manifest), `local` and `beam` (the two
+runners), `job` (the entry point), `cli` (the `vae encode` flags).
+
+Loaded lazily (PEP 562), so that the `vae` parser does not load TensorFlow.
 """
 
-from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.job import encode
+from core.lazy import lazy_attributes
 
-__all__ = ["EncodeConfig", "EncodeError", "encode"]
+_WHERE = {
+    "EncodeConfig": "pipelines.encode.config",
+    "EncodeError": "pipelines.encode.config",
+    "encode": "pipelines.encode.job",
+}
+
+__all__ = sorted(_WHERE)
+
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, ClassVar
 
+from core.config import ConfigBase, ConfigError, require, require_choice
+from core.errors import UserError
 from serving import contract as C
 
 INPUT_KINDS = ("tfds", "images", "npy", "tfrecord")
@@ -14,13 +16,17 @@ RUNNERS = ("local", "beam")
 DEFAULT_ROWS_PER_SHARD = 10_000
 
 
-class EncodeError(RuntimeError):
+class EncodeError(UserError):
     """The job cannot run as asked (bad input, bad arguments, existing output); the message
     names the input, file or flag concerned."""
 
 
+class EncodeConfigError(EncodeError, ConfigError):
+    """An `EncodeConfig` value is invalid; the message names the flag that sets it."""
+
+
 @dataclasses.dataclass(frozen=True)
-class EncodeConfig:
+class EncodeConfig(ConfigBase):
     """An offline batch-encoding job: an exported model, one input, one output folder.
 
     Args:
@@ -72,30 +78,30 @@ class EncodeConfig:
     beam_args: tuple[str, ...] = ()
     progress: bool = True
 
+    FIELD_LABELS: ClassVar[dict[str, str]] = {
+        "model": "--model", "out": "--out", "input_kind": "the input kind", "dataset": "--dataset",
+        "paths": "the input paths", "image_feature": "--image-feature", "output_format": "--format",
+        "runner": "--runner", "rows_per_shard": "--rows-per-shard", "batch_size": "--batch-size",
+    }
+    ERROR: ClassVar[type[ConfigError]] = EncodeConfigError
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
-        object.__setattr__(self, "beam_args", tuple(self.beam_args))
-        checks = [
-            (bool(self.model), "--model must name an export folder"),
-            (bool(self.out), "--out must name an output folder"),
-            (self.input_kind in INPUT_KINDS, f"input kind must be one of {INPUT_KINDS}, got {self.input_kind!r}"),
-            (self.output_format in FORMATS, f"--format must be one of {FORMATS}, got {self.output_format!r}"),
-            (self.runner in RUNNERS, f"--runner must be one of {RUNNERS}, got {self.runner!r}"),
-            (self.rows_per_shard >= 1, f"--rows-per-shard must be >= 1, got {self.rows_per_shard}"),
-            (1 <= self.batch_size <= C.MAX_BATCH,
-             f"--batch-size must be within [1, {C.MAX_BATCH}] (the serving contract's limit), got {self.batch_size}"),
-        ]
+        require(self, "model", bool(self.model), "must name an export folder")
+        require(self, "out", bool(self.out), "must name an output folder")
+        require_choice(self, "input_kind", INPUT_KINDS)
+        require_choice(self, "output_format", FORMATS)
+        require_choice(self, "runner", RUNNERS)
+        require(self, "rows_per_shard", self.rows_per_shard >= 1, "must be >= 1")
+        require(self, "batch_size", 1 <= self.batch_size <= C.MAX_BATCH,
+                f"must be within [1, {C.MAX_BATCH}] (the serving contract's limit)")
         if self.input_kind == "tfds":
-            checks.append((bool(self.dataset and self.split), "--dataset needs --split (e.g. --split test)"))
+            require(self, "dataset", bool(self.dataset and self.split), "needs --split (e.g. --split test)")
         else:
-            checks.append((bool(self.paths), f"the {self.input_kind} input needs at least one path"))
+            require(self, "paths", bool(self.paths), f"of the {self.input_kind} input must name at least one path")
         if self.input_kind == "images":
-            checks.append((len(self.paths) == 1, "--images takes one folder"))
+            require(self, "paths", len(self.paths) == 1, "of --images must be one folder")
         if self.input_kind == "tfrecord":
-            checks.append((bool(self.image_feature), "--image-feature must name a feature"))
-        for ok, message in checks:
-            if not ok:
-                raise EncodeError(message)
+            require(self, "image_feature", bool(self.image_feature), "must name a feature")
 
     def identity(self) -> dict[str, Any]:
         """The settings, beside the model and the input itself, that decide the output's

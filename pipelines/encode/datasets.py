@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from pipelines.encode import images as I
 from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.sources import Source, _array_batch, _assemble
+from pipelines.encode.sources import Source, array_batch, assemble
 
 
 class TfdsSource(Source):
@@ -150,7 +150,7 @@ class TfdsSource(Source):
                 indices = list(range(position, position + len(labels)))
                 position += len(labels)
                 ids = [f"{name}:{i + offset}" for i in indices]
-                yield _array_batch(indices, ids, self._labels(labels), raw, self.image_shape, self.config.resize)
+                yield array_batch(indices, ids, self._labels(labels), raw, self.image_shape, self.config.resize)
 
     def _labels(self, labels: np.ndarray) -> list[int | None]:
         return labels.tolist() if self.has_labels else [None] * len(labels)
@@ -164,7 +164,7 @@ class TfdsSource(Source):
                 image = err
             items.append((index, f"{name}:{index + offset}", self._labels(np.array([label]))[0], image))
             if len(items) == batch_size:
-                yield _assemble(items, self.image_shape)
+                yield assemble(items, self.image_shape)
                 items = []
         if items:
-            yield _assemble(items, self.image_shape)
+            yield assemble(items, self.image_shape)

@@ -13,30 +13,10 @@ import tensorflow as tf
 from pipelines.encode import output
 from pipelines.encode.config import EncodeConfig, EncodeError
 from pipelines.encode.signatures import Encoder, describe_export, needed_signatures, output_keys
-from pipelines.encode.sources import open_source
+from pipelines.encode.inputs import open_source
+from pipelines.workdir import differences
 
 log = logging.getLogger(__name__)
-
-
-def _flatten(value, prefix: str = "") -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, inner in value.items():
-            flat |= _flatten(inner, f"{prefix}{key}.")
-        return flat
-    return {prefix.rstrip("."): value}
-
-
-def _differences(recorded: dict, wanted: dict, limit: int = 4) -> str:
-    old, new = _flatten(recorded), _flatten(wanted)
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    text = "; ".join(f"{k}: {_short(old.get(k))} then, {_short(new.get(k))} now" for k in keys[:limit])
-    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState:
@@ -66,7 +46,7 @@ def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState
         recorded = None
     elif recorded is not None and recorded != identity:
         raise EncodeError(f"{out} holds an unfinished encoding made with other arguments "
-                          f"({_differences(recorded, identity)}); run the earlier command again to "
+                          f"({differences(recorded, identity)}); run the earlier command again to "
                           f"finish it, pass --overwrite to start over, or choose another --out")
     if recorded is None:
         foreign = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(out) if not output.is_ours(n))
@@ -94,7 +74,7 @@ def encode(config: EncodeConfig) -> dict:
     started = time.monotonic()
     out = config.out if "://" in config.out else os.path.abspath(config.out)
     info = describe_export(config.model, needed_signatures(config.log_likelihood, config.reconstruction_error))
-    columns = output_keys(config.log_likelihood, config.reconstruction_error)
+    columns = output_keys(config.log_likelihood, config.reconstruction_error, info.num_classes is not None)
     encoder = None
     if config.runner == "local":  # loads while the input opens and the first batches are read
         loader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encode-load")
@@ -106,7 +86,7 @@ def encode(config: EncodeConfig) -> dict:
                 "options": config.identity()}
     state = prepare_output(out, identity, config.overwrite)
     meta = {"model_name": info.model_name, "model_version": info.version, "latent_dim": info.latent_dim}
-    table_schema = output.schema(info.latent_dim, columns, meta)
+    table_schema = output.schema(info.latent_dim, columns, meta, info.num_classes)
     log.info("encoding %d inputs (%s) with %s version %s into %s", len(source), source.kind,
              info.model_name, info.version, out)
     if config.runner == "local":

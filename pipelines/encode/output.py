@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from pipelines.encode.signatures import RECONSTRUCTION_ERROR
+from core import files
+from pipelines.encode.signatures import PREDICTED_LABEL, RECONSTRUCTION_ERROR
 from serving import contract as C
 
 ID, INDEX, LABEL = "id", "index", "label"
@@ -52,8 +53,10 @@ def shard_name(index: int, count: int, output_format: str) -> str:
 
 
 # === Rows ===
-def schema(latent_dim: int, columns: list[str], metadata: dict | None = None) -> pa.Schema:
-    """id, index, label, z_mean[D], z_log_var[D] (+ log_likelihood, reconstruction_error)."""
+def schema(latent_dim: int, columns: list[str], metadata: dict | None = None,
+           num_classes: int | None = None) -> pa.Schema:
+    """id, index, label, z_mean[D], z_log_var[D] (+ log_likelihood, reconstruction_error;
+    + probabilities[K], predicted_label for an export with a classifier)."""
     fields = [
         pa.field(ID, pa.string(), nullable=False),
         pa.field(INDEX, pa.int64(), nullable=False),
@@ -63,6 +66,9 @@ def schema(latent_dim: int, columns: list[str], metadata: dict | None = None) ->
     ]
     fields += [pa.field(key, pa.float32(), nullable=False)
                for key in (C.LOG_LIKELIHOOD_KEY, RECONSTRUCTION_ERROR) if key in columns]
+    if C.PROBABILITIES in columns:
+        fields += [pa.field(C.PROBABILITIES, pa.list_(pa.float32(), num_classes), nullable=False),
+                   pa.field(PREDICTED_LABEL, pa.int64(), nullable=False)]
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     return pa.schema(fields, metadata=meta or None)
 
@@ -73,6 +79,9 @@ def to_table(indices, ids, labels, outputs: dict[str, np.ndarray], table_schema:
                LABEL: pa.array(labels, pa.int64())}
     for field in table_schema:
         if field.name in columns:
+            continue
+        if pa.types.is_integer(field.type):
+            columns[field.name] = pa.array(np.asarray(outputs[field.name], np.int64), field.type)
             continue
         values = np.ascontiguousarray(outputs[field.name], np.float32)
         if pa.types.is_fixed_size_list(field.type):
@@ -149,18 +158,12 @@ def write_shard(out: str, name: str, tables: list[pa.Table], table_schema: pa.Sc
 
 
 def read_json(path: str) -> dict | None:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return files.read_json(path, default=None)
 
 
 def write_json(path: str, value: dict) -> None:
-    """Writes JSON under a temporary name, then renames it: readers never see half a file."""
-    temporary = path + ".tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=False) + "\n")
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    """Writes JSON atomically (keys in the order given): readers never see half a file."""
+    files.write_json_atomic(path, value, sort_keys=False)
 
 
 # === Job state ===
@@ -244,8 +247,9 @@ def finish_shard(state: JobState, plan: ShardPlan, k: int, tables: list[pa.Table
 def is_ours(name: str) -> bool:
     """Whether a file in an output folder was written by an encode job."""
     name = name.rstrip("/")
-    manifests = (MANIFEST_FILE, MANIFEST_FILE + ".tmp", LEGACY_MANIFEST_FILE, LEGACY_MANIFEST_FILE + ".tmp")
-    return (name in manifests or name == STATE_DIR or SHARD_RE.match(name) is not None
+    manifests = (MANIFEST_FILE, LEGACY_MANIFEST_FILE)
+    temporary_manifest = name.endswith(".tmp") and any(name.startswith(f".{m}.") for m in manifests)
+    return (name in manifests or temporary_manifest or name == STATE_DIR or SHARD_RE.match(name) is not None
             or (name.startswith(f".{PREFIX}-") and name.endswith(".tmp")) or name.startswith("beam-temp-"))
 
 

@@ -9,21 +9,23 @@ an export written by any version of the training code can be encoded.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import posixpath
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
+from core.files import read_json
 from pipelines.encode.config import EncodeError
 from pipelines.encode.loading import load_signatures
-from serving import contract as C
+from serving import contract as C, layout
+from serving.errors import ExportError
+from serving.layout import join, list_versions
 
 RECONSTRUCTION_ERROR = "reconstruction_error"  # an output column, not a signature key
+PREDICTED_LABEL = "predicted_label"  # an output column of an M2 export: argmax of its classify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,8 @@ class ExportInfo:
         version: the integer version folder name, or None for a folder named otherwise.
         image_shape: (H, W, C) of the `encode` signature's `images` input.
         latent_dim: D, the width of `z_mean` and `z_log_var`.
+        num_classes: K of an export with a `classify` signature (M2), else None: such an
+            export's rows also get the class probabilities and the predicted label.
     """
 
     path: str
@@ -43,19 +47,18 @@ class ExportInfo:
     version: int | None
     image_shape: tuple[int, int, int]
     latent_dim: int
+    num_classes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.model_name, "version": self.version, "path": self.path,
-                "image_shape": list(self.image_shape), "latent_dim": self.latent_dim}
-
-
-def _join(*parts: str) -> str:
-    """Joins a local path or a URL (gs://...) that tf.io.gfile reads."""
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+        described = {"name": self.model_name, "version": self.version, "path": self.path,
+                     "image_shape": list(self.image_shape), "latent_dim": self.latent_dim}
+        if self.num_classes is not None:
+            described["num_classes"] = self.num_classes
+        return described
 
 
 def _is_version_dir(path: str) -> bool:
-    return tf.io.gfile.exists(_join(path, C.SAVED_MODEL_FILE))
+    return tf.io.gfile.exists(join(path, C.SAVED_MODEL_FILE))
 
 
 def resolve_version_dir(path: str) -> str:
@@ -70,13 +73,9 @@ def resolve_version_dir(path: str) -> str:
         raise EncodeError(f"--model {path} does not exist (expected an export folder)")
     if _is_version_dir(path):
         return path
-    versions = sorted(
-        (int(name.rstrip("/")) for name in tf.io.gfile.listdir(path) if name.rstrip("/").isdigit()),
-        reverse=True,
-    )
-    for version in versions:
-        if _is_version_dir(_join(path, str(version))):
-            return _join(path, str(version))
+    for version in reversed(list_versions(path)):
+        if _is_version_dir(join(path, str(version))):
+            return join(path, str(version))
     raise EncodeError(
         f"--model {path} holds no SavedModel: expected {C.SAVED_MODEL_FILE} in it, or in an "
         f"integer version folder under it (<base>/<model_name>/<version>/{C.SAVED_MODEL_FILE})"
@@ -84,28 +83,15 @@ def resolve_version_dir(path: str) -> str:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
-    except (tf.errors.NotFoundError, json.JSONDecodeError):
-        return {}
+    return read_json(path, default={})
 
 
 def read_meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
-    """The export's serving MetaGraph as written in `saved_model.pb` (read, not loaded: a
-    few ms instead of the whole load)."""
-    with tf.io.gfile.GFile(_join(version_dir, C.SAVED_MODEL_FILE), "rb") as f:
-        try:
-            saved_model = saved_model_pb2.SavedModel.FromString(f.read())
-        except DecodeError as err:
-            raise EncodeError(f"cannot read {_join(version_dir, C.SAVED_MODEL_FILE)}: {err}") from None
-    graphs = list(saved_model.meta_graphs)
-    # What tf.saved_model.load takes: the only MetaGraph, or the one tagged "serve".
-    graph = graphs[0] if len(graphs) == 1 else next(
-        (g for g in graphs if tf.saved_model.SERVING in g.meta_info_def.tags), None)
-    if graph is None:
-        raise EncodeError(f"the export at {version_dir} has no MetaGraph tagged {tf.saved_model.SERVING!r}")
-    return graph
+    """The export's serving MetaGraph as written in `saved_model.pb` (`serving.layout`)."""
+    try:
+        return layout.read_meta_graph(version_dir)
+    except ExportError as err:
+        raise EncodeError(str(err)) from None
 
 
 def _dims(tensor_info) -> list[int | None] | None:
@@ -137,9 +123,13 @@ def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)
     if missing:
         raise EncodeError(f"the export at {version_dir} lacks the signature(s) {missing}")
     encode = signatures[C.ENCODE]
+    if set(encode.inputs) - {C.IMAGES}:
+        raise EncodeError(f"the {C.ENCODE!r} signature of the export at {version_dir} takes "
+                          f"{sorted(encode.inputs)}, not images alone (a CVAE conditioned on labels); "
+                          f"vae encode needs an export whose {C.ENCODE!r} takes only {C.IMAGES!r}")
     dims = _dims(encode.inputs[C.IMAGES]) if C.IMAGES in encode.inputs else None
-    extra = _join(version_dir, C.ASSETS_EXTRA)
-    config_shape = (_read_json(_join(extra, C.CONFIG_FILE)).get("model") or {}).get("image_shape")
+    extra = join(version_dir, C.ASSETS_EXTRA)
+    config_shape = (_read_json(join(extra, C.CONFIG_FILE)).get("model") or {}).get("image_shape")
     shape = dims[1:] if dims is not None else [None, None, None]
     if any(d is None for d in shape):
         if not config_shape:
@@ -151,7 +141,11 @@ def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)
     if not latent or latent[-1] is None:
         raise EncodeError(f"the {C.ENCODE!r} signature of the export at {version_dir} does not "
                           f"give the width of {C.Z_MEAN!r}")
-    name = _read_json(_join(extra, C.CONTRACT_FILE)).get("model_name")
+    num_classes = None
+    if C.CLASSIFY in signatures and C.PROBABILITIES in signatures[C.CLASSIFY].outputs:
+        width = _dims(signatures[C.CLASSIFY].outputs[C.PROBABILITIES])
+        num_classes = int(width[-1]) if width and width[-1] is not None else None
+    name = _read_json(join(extra, C.CONTRACT_FILE)).get("model_name")
     folder = posixpath.basename(version_dir.rstrip("/"))
     parent = posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
     return ExportInfo(
@@ -160,13 +154,15 @@ def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)
         version=int(folder) if folder.isdigit() else None,
         image_shape=tuple(int(d) for d in shape),
         latent_dim=int(latent[-1]),
+        num_classes=num_classes,
     )
 
 
-def output_keys(log_likelihood: bool, reconstruction_error: bool) -> list[str]:
-    """The per-image outputs of an encode job, in column order."""
+def output_keys(log_likelihood: bool, reconstruction_error: bool, classes: bool = False) -> list[str]:
+    """The per-image outputs of an encode job, in column order (`classes`: an export with
+    a `classify` signature, whose rows get `probabilities` and `predicted_label`)."""
     return ([C.Z_MEAN, C.Z_LOG_VAR] + [C.LOG_LIKELIHOOD_KEY] * log_likelihood
-            + [RECONSTRUCTION_ERROR] * reconstruction_error)
+            + [RECONSTRUCTION_ERROR] * reconstruction_error + [C.PROBABILITIES, PREDICTED_LABEL] * classes)
 
 
 class Encoder:
@@ -177,6 +173,8 @@ class Encoder:
         log_likelihood: also return the `log_likelihood` signature's score per image.
         reconstruction_error: also return the mean squared error, over pixels, between
             each image and the `reconstruct` signature's output.
+        An export with a `classify` signature (M2) also gets `probabilities` (N, K), its
+        q(y|x), and `predicted_label` (N,) int64, their argmax.
         info: `describe_export` of `path` with these signatures, if the caller has it
             already (otherwise it is read again).
 
@@ -193,6 +191,8 @@ class Encoder:
                  info: ExportInfo | None = None):
         needed = needed_signatures(log_likelihood, reconstruction_error)
         self.info = info or describe_export(path, needed)
+        if self.info.num_classes is not None:
+            needed = [*needed, C.CLASSIFY]
         signatures = load_signatures(self.info.path, needed, read_meta_graph(self.info.path))
         self.loader = "signatures only" if signatures is not None else "tf.saved_model.load"
         if signatures is None:
@@ -200,10 +200,12 @@ class Encoder:
         self._encode = signatures[C.ENCODE]
         self._log_likelihood = signatures[C.LOG_LIKELIHOOD] if log_likelihood else None
         self._reconstruct = signatures[C.RECONSTRUCT] if reconstruction_error else None
+        self._classify = signatures[C.CLASSIFY] if self.info.num_classes is not None else None
         self(np.zeros((1, *self.info.image_shape), np.float32))  # warm-up: TF prepares each function on its first call
 
     def output_keys(self) -> list[str]:
-        return output_keys(self._log_likelihood is not None, self._reconstruct is not None)
+        return output_keys(self._log_likelihood is not None, self._reconstruct is not None,
+                           self._classify is not None)
 
     def __call__(self, images) -> dict[str, np.ndarray]:
         """(N, H, W, C) float32, an array or a tensor -> columns by name, each with N rows.
@@ -223,9 +225,15 @@ class Encoder:
                 recon = self._reconstruct(**{C.IMAGES: chunk})[C.IMAGES]
                 error = tf.reduce_mean(tf.math.squared_difference(recon, chunk), axis=[1, 2, 3])
                 parts[RECONSTRUCTION_ERROR].append(error.numpy())
+            if self._classify is not None:
+                probabilities = self._classify(**{C.IMAGES: chunk})[C.PROBABILITIES].numpy()
+                parts[C.PROBABILITIES].append(probabilities)
+                parts[PREDICTED_LABEL].append(np.argmax(probabilities, axis=1).astype(np.int64))
         if not rows:
-            width = {C.Z_MEAN: (0, self.info.latent_dim), C.Z_LOG_VAR: (0, self.info.latent_dim)}
-            return {key: np.zeros(width.get(key, (0,)), np.float32) for key in parts}
+            width = {C.Z_MEAN: (0, self.info.latent_dim), C.Z_LOG_VAR: (0, self.info.latent_dim),
+                     C.PROBABILITIES: (0, self.info.num_classes or 0)}
+            return {key: np.zeros(width.get(key, (0,)), np.int64 if key == PREDICTED_LABEL else np.float32)
+                    for key in parts}
         if len(parts[C.Z_MEAN]) == 1:
             return {key: values[0] for key, values in parts.items()}
         return {key: np.concatenate(values) for key, values in parts.items()}

@@ -1,5 +1,6 @@
-"""The inputs a job encodes: a folder of images and .npy arrays here; a tfds split in
-`datasets`, TFRecord files in `tfrecords`.
+"""The inputs a job encodes: the `Source` base and its shared helpers, a folder of images
+and .npy arrays here; a tfds split in `datasets`, TFRecord files in `tfrecords`;
+`inputs.open_source` opens the one a job names.
 
 Each source lists its inputs in a fixed order when opened, so input number `i` is the
 same input on every run (that is what makes shards resumable), and reads any range of
@@ -45,7 +46,7 @@ def _empty_batch(image_shape) -> Batch:
     return Batch([], [], [], np.zeros((0, *image_shape), np.float32), [])
 
 
-def _assemble(items, image_shape) -> Batch:
+def assemble(items, image_shape) -> Batch:
     """[(index, id, label, image or BadInput)] -> Batch."""
     batch = _empty_batch(image_shape)
     good = []
@@ -62,7 +63,7 @@ def _assemble(items, image_shape) -> Batch:
     return batch
 
 
-def _array_batch(indices, ids, labels, raw: np.ndarray, image_shape, resize) -> Batch:
+def array_batch(indices, ids, labels, raw: np.ndarray, image_shape, resize) -> Batch:
     """A block of same-shape raw pixels -> Batch, NaN/out-of-range rows left out."""
     pixels = I.to_unit_float(raw if raw.ndim == 4 else raw[..., None])
     bad = {} if raw.dtype == np.uint8 else I.bad_rows(pixels, I.scale_of(raw.dtype))
@@ -79,7 +80,7 @@ def _array_batch(indices, ids, labels, raw: np.ndarray, image_shape, resize) -> 
     )
 
 
-def _expand(patterns, what: str) -> list[str]:
+def expand_paths(patterns, what: str) -> list[str]:
     """Files named or matched by glob patterns, each pattern's matches sorted, no repeats."""
     files: list[str] = []
     for pattern in patterns:
@@ -95,7 +96,7 @@ def _expand(patterns, what: str) -> list[str]:
     return files
 
 
-def _names(files: list[str]) -> list[str]:
+def file_names(files: list[str]) -> list[str]:
     """Short, unique names for ids: paths relative to the files' common folder."""
     if len(files) == 1:
         return [os.path.basename(files[0])]
@@ -103,7 +104,7 @@ def _names(files: list[str]) -> list[str]:
     return [os.path.relpath(f, common) for f in files]
 
 
-def _size(path: str) -> int:
+def file_size(path: str) -> int:
     return tf.io.gfile.stat(path).length
 
 
@@ -159,7 +160,7 @@ class ImageFolderSource(Source):
         self.names = sorted(names)
         if not self.names:
             raise EncodeError(f"--images {self.root} holds no {'/'.join(I.IMAGE_EXTENSIONS)} files")
-        listing = "".join(f"{n}\t{_size(os.path.join(self.root, n))}\n" for n in self.names)
+        listing = "".join(f"{n}\t{file_size(os.path.join(self.root, n))}\n" for n in self.names)
         self.fingerprint = hashlib.sha256(listing.encode()).hexdigest()
 
     def __len__(self) -> int:
@@ -186,7 +187,7 @@ class ImageFolderSource(Source):
             self._pool = concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2))
         for first in range(start, stop, batch_size):
             items = list(self._pool.map(self._read, range(first, min(first + batch_size, stop))))
-            yield _assemble(items, self.image_shape)
+            yield assemble(items, self.image_shape)
 
 
 # === .npy arrays ===
@@ -199,8 +200,8 @@ class NpySource(Source):
 
     def __init__(self, config: EncodeConfig, image_shape):
         super().__init__(config, image_shape)
-        self.files = _expand(config.paths, "--npy")
-        self.names = _names(self.files)
+        self.files = expand_paths(config.paths, "--npy")
+        self.names = file_names(self.files)
         self.shapes, self.dtypes = [], []
         for path in self.files:
             array = self._open(path)
@@ -229,7 +230,7 @@ class NpySource(Source):
         return self.offsets[-1]
 
     def describe(self) -> dict:
-        files = [{"path": p, "shape": s, "dtype": d, "bytes": _size(p)}
+        files = [{"path": p, "shape": s, "dtype": d, "bytes": file_size(p)}
                  for p, s, d in zip(self.files, self.shapes, self.dtypes)]
         return {"kind": self.kind, "files": files, "num_inputs": len(self)}
 
@@ -244,24 +245,6 @@ class NpySource(Source):
                 rows = range(first - self.offsets[f], end - self.offsets[f])
                 raw = np.asarray(self._arrays[f][rows.start:rows.stop])
                 ids = [f"{self.names[f]}:{r}" for r in rows]
-                yield _array_batch(list(range(first, end)), ids, [None] * len(ids), raw,
+                yield array_batch(list(range(first, end)), ids, [None] * len(ids), raw,
                                    self.image_shape, self.config.resize)
                 first = end
-
-
-def open_source(config: EncodeConfig, image_shape) -> Source:
-    """The source `config` names, opened (listed and checked) for a model of `image_shape`.
-
-    Raises:
-        EncodeError: the input does not exist, cannot be listed, or cannot fit the model.
-    """
-    if config.input_kind == "tfrecord":
-        from pipelines.encode.tfrecords import TFRecordSource
-
-        return TFRecordSource(config, image_shape)
-    if config.input_kind == "tfds":
-        from pipelines.encode.datasets import TfdsSource
-
-        return TfdsSource(config, image_shape)
-    kinds = {"images": ImageFolderSource, "npy": NpySource}
-    return kinds[config.input_kind](config, image_shape)

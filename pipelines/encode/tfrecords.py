@@ -9,15 +9,15 @@ column; an optional id feature (bytes or int64) replaces the default id `<file>:
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from pipelines.encode import images as I
+from serving.errors import tf_error_message
 from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.sources import Source, _assemble, _expand, _names, _size
+from pipelines.encode.sources import Source, assemble, expand_paths, file_names, file_size
 
 
 def _count_records(path: str) -> tuple[int, str | None]:
@@ -33,14 +33,8 @@ def _count_records(path: str) -> tuple[int, str | None]:
         except StopIteration:
             return count, None
         except tf.errors.OpError as err:
-            return count, _tf_message(err)
+            return count, tf_error_message(err)
         count += 1
-
-
-def _tf_message(err: tf.errors.OpError) -> str:
-    """A TensorFlow error's message without its `{{function_node ...}}` and `[Op:...]` noise."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", (err.message or type(err).__name__).splitlines()[0])
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip()
 
 
 class TFRecordSource(Source):
@@ -50,8 +44,8 @@ class TFRecordSource(Source):
 
     def __init__(self, config: EncodeConfig, image_shape):
         super().__init__(config, image_shape)
-        self.files = _expand(config.paths, "--tfrecord")
-        self.names = _names(self.files)
+        self.files = expand_paths(config.paths, "--tfrecord")
+        self.names = file_names(self.files)
         self.counts = []
         for name, path in zip(self.names, self.files):
             count, error = _count_records(path)
@@ -72,7 +66,7 @@ class TFRecordSource(Source):
         return self.offsets[-1]
 
     def describe(self) -> dict:
-        files = [{"path": p, "records": n, "bytes": _size(p)} for p, n in zip(self.files, self.counts)]
+        files = [{"path": p, "records": n, "bytes": file_size(p)} for p, n in zip(self.files, self.counts)]
         return {"kind": self.kind, "files": files, "image_feature": self.config.image_feature,
                 "label_feature": self.config.label_feature, "id_feature": self.config.id_feature,
                 "num_inputs": len(self)}
@@ -144,7 +138,7 @@ class TFRecordSource(Source):
                     items.append((self.offsets[f] + record_number, key, label, image))
                     record_number += 1
                     if len(items) == batch_size:
-                        yield _assemble(items, self.image_shape)
+                        yield assemble(items, self.image_shape)
                         items = []
         if items:
-            yield _assemble(items, self.image_shape)
+            yield assemble(items, self.image_shape)

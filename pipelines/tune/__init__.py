@@ -6,7 +6,7 @@ every trial with `pipelines.train.fit`, then reports the trials and exports the 
 model. See `pipelines.tune.run` for the workdir layout.
 """
 
-import importlib
+from core.lazy import lazy_attributes
 
 # Loaded lazily (PEP 562): the `vae` parser reads `pipelines.tune.settings` without
 # loading Keras and TensorFlow.
@@ -19,8 +19,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'pipelines.tune' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _WHERE)

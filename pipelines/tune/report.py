@@ -6,11 +6,11 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from keras_tuner.engine.trial import TrialStatus
 
+from core.files import write_json_atomic, write_text_atomic
 from pipelines.tune.settings import OBJECTIVE_PLOT, TRIALS_CSV, TRIALS_JSON
 
 # Columns before the hyperparameters; `objective` is the search's objective value.
@@ -99,12 +99,6 @@ def table(rows: list[dict], objective: str) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_csv(rows: list[dict], path: Path) -> Path:
     flat = [_flat(r) for r in rows]
     buffer = io.StringIO()
@@ -112,12 +106,12 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     writer.writeheader()
     for row in flat:
         writer.writerow({k: _text(v) if isinstance(v, (list, tuple)) else v for k, v in row.items()})
-    _atomic_write(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
 def write_json(rows: list[dict], path: Path, **summary) -> Path:
-    _atomic_write(path, json.dumps({**summary, "trials": rows}, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(path, {**summary, "trials": rows})
     return path
 
 

@@ -26,28 +26,28 @@ from pathlib import Path
 
 import keras
 
-from model.config import ConfigError
+from core.config import ConfigError
 from pipelines.config import RunConfig
 from pipelines.distribute import make_cluster, tf_config
-from pipelines.train import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE,
-                             WorkdirError, set_precision, finish, fit, load_datasets,
-                             write_json_atomic)
-from pipelines.trainer import History
+from pipelines.train import finish, fit, load_datasets, set_precision
+from pipelines.workdir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE, History,
+                               WorkdirError, differences, read_json, refuse_finished, remove,
+                               write_json_atomic)
 from pipelines.tune import report
 from pipelines.tune.settings import (BEST_CONFIG, BEST_DIR, EXPORTS, OBJECTIVE_PLOT, PROJECT,
                                      RESULT, SEARCH_RECORD, TRIAL_RECORD, TRIALS_CSV, TRIALS_JSON,
                                      TuneSettings)
 from pipelines.tune.space import SearchSpace
-from pipelines.tune.tuner import VAETuner, make_oracle, read_json, role
+from pipelines.tune.tuner import VAETuner, make_oracle, role
 
 log = logging.getLogger(__name__)
 
 EXPORT_RECORD = "export.json"  # in best/: the version exported, so a rerun does not export twice
 
 # Differences between an interrupted search and its resumption that are allowed.
-_RESUMABLE_CHANGES = {"settings.max_trials", "settings.retrain", "config.train.strategy",
-                      "config.train.cpu_replicas", "config.train.tensorboard",
-                      "config.data.data_dir", "config.data.download"}
+_RESUMABLE_CHANGES = frozenset({"settings.max_trials", "settings.retrain", "config.train.strategy",
+                                "config.train.cpu_replicas", "config.train.tensorboard",
+                                "config.data.data_dir", "config.data.download"})
 
 
 class TuneError(RuntimeError):
@@ -116,43 +116,24 @@ def _search_record(config: RunConfig, settings: TuneSettings, space: SearchSpace
     return {"settings": kept, "space": space.to_dict(), "config": config.to_dict()}
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    """{"config": {"model": {"beta": 1}}} -> {"config.model.beta": 1}; the space stays whole."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and f"{prefix}{key}" != "space":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _prepare_workdir(workdir: Path, record: dict, overwrite: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in (RESULT, SEARCH_RECORD, TRIALS_CSV, TRIALS_JSON, OBJECTIVE_PLOT, BEST_CONFIG):
-            (workdir / name).unlink(missing_ok=True)
-        for name in (PROJECT, BEST_DIR):
-            shutil.rmtree(workdir / name, ignore_errors=True)
-    elif (workdir / RESULT).exists():
-        raise WorkdirError(
-            f"{workdir} holds a finished search ({RESULT} exists); pass --overwrite to search "
-            f"again there (exports/ is kept), or choose another --workdir")
+        remove(workdir, (RESULT, SEARCH_RECORD, TRIALS_CSV, TRIALS_JSON, OBJECTIVE_PLOT, BEST_CONFIG,
+                         PROJECT, BEST_DIR))
     else:
-        previous = read_json(workdir / SEARCH_RECORD)
+        refuse_finished(workdir, RESULT, "search", kept=" (exports/ is kept)")
+        previous = read_json(workdir / SEARCH_RECORD, default=None)
         # (Workers may have created an empty project folder before the chief started.)
         if previous is None and (workdir / PROJECT / "oracle.json").exists():
             raise WorkdirError(f"{workdir / PROJECT} holds a search but {SEARCH_RECORD} is missing; pass "
                                "--overwrite to start anew, or choose another --workdir")
         if previous is not None:
-            old, new = _flatten(previous), _flatten(record)
-            changed = sorted(k for k in old.keys() | new.keys()
-                             if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+            changed = differences(previous, record, _RESUMABLE_CHANGES, keep_whole=frozenset({"space"}))
             if changed:
                 raise WorkdirError(
-                    f"{workdir} holds an unfinished search with other settings ("
-                    + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-                    + "); run the same command to resume it, or pass --overwrite to start anew")
+                    f"{workdir} holds an unfinished search with other settings ({changed}); run "
+                    "the same command to resume it, or pass --overwrite to start anew")
             log.info("resuming the search in %s", workdir)
     write_json_atomic(workdir / SEARCH_RECORD, record)
 
@@ -162,7 +143,8 @@ def _conclude(tuner: VAETuner, space: SearchSpace, settings: TuneSettings, workd
               cluster, started: float, verbose: int) -> dict:
     oracle = tuner.oracle
     objective = settings.objective
-    records = {tid: read_json(Path(tuner.get_trial_dir(tid)) / TRIAL_RECORD) for tid in oracle.trials}
+    records = {tid: read_json(Path(tuner.get_trial_dir(tid)) / TRIAL_RECORD, default=None)
+               for tid in oracle.trials}
     rows = report.trial_rows(oracle, space, objective, records)
     best = next((r for r in rows if r["rank"] == 1), None)
     summary = {"tuner": settings.tuner, "direction": "min",
@@ -191,7 +173,7 @@ def _conclude(tuner: VAETuner, space: SearchSpace, settings: TuneSettings, workd
         "best_hyperparameters": best["hyperparameters"], "trials": len(rows),
         "finished_trials": sum(r["rank"] is not None for r in rows), "model_from": source,
         "test_nelbo": metrics.get("test_nelbo"), "test_iwae_nll": metrics.get("test_iwae_nll"),
-        "best_config": str(workdir / BEST_CONFIG), "export": str(export),
+        "best_config": str(workdir / BEST_CONFIG), "export": str(export) if export else None,
         "wall_seconds": time.perf_counter() - started,
     }
     for checkpoints in (workdir / PROJECT).glob(f"trial_*/{CHECKPOINT_DIR}"):
@@ -204,7 +186,7 @@ def _best_model(config: RunConfig, trial_dir: Path, best_dir: Path, cluster, ret
                 verbose: int):
     """The best trial's model (or the same config retrained in best_dir), evaluated on
     the test split by `pipelines.train.finish`; returns (vae, metrics, source)."""
-    if read_json(best_dir / CONFIG_FILE) not in (None, config.to_dict()):
+    if read_json(best_dir / CONFIG_FILE, default=None) not in (None, config.to_dict()):
         shutil.rmtree(best_dir)  # left by an interrupted run with another best trial
     best_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.train.seed)
@@ -214,9 +196,7 @@ def _best_model(config: RunConfig, trial_dir: Path, best_dir: Path, cluster, ret
     if not retrain and model_file.is_file():
         log.info("taking the best model from %s", trial_dir)
         vae = keras.models.load_model(model_file)
-        saved = read_json(trial_dir / HISTORY_FILE) or {}
-        history = History(epochs=saved.get("epochs", []), train_seconds=saved.get("train_seconds", []),
-                          completed_epochs=saved.get("completed_epochs", config.train.epochs))
+        history = History.load(trial_dir) or History(completed_epochs=config.train.epochs)
         source = f"trial {trial_dir.name.removeprefix('trial_')}"
     else:
         if not retrain:
@@ -230,16 +210,18 @@ def _best_model(config: RunConfig, trial_dir: Path, best_dir: Path, cluster, ret
     return vae, metrics, source
 
 
-def _export(vae, workdir: Path, config: RunConfig, metrics: dict, trial_id: str) -> Path:
+def _export(vae, workdir: Path, config: RunConfig, metrics: dict, trial_id: str) -> Path | None:
     """Exports the best model as the next version under workdir/exports/<model_name>/."""
+    from pipelines.data import dataset_class_names
     from serving.export import export_model
 
     record_file = workdir / BEST_DIR / EXPORT_RECORD
-    done = read_json(record_file)
+    done = read_json(record_file, default=None)
     if done and done.get("trial") == trial_id and Path(done["path"]).is_dir():
         return Path(done["path"])  # exported before an interruption
+    names = dataset_class_names(config.data) if vae.condition is not None else None
     path = export_model(vae, workdir / EXPORTS, config.train.model_name,
-                        run_config=config.to_dict(), metrics=metrics)
+                        run_config=config.to_dict(), metrics=metrics, class_names=names)
     write_json_atomic(record_file, {"trial": trial_id, "path": str(path)})
     log.info("exported the best model (trial %s) to %s", trial_id, path)
     return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.config import ConfigBase, _require
+from core.config import ConfigBase, require, require_choice
 from pipelines.tune.names import OBJECTIVES, TUNERS
 
 # Trials of the Bayesian and random tuners when --max-trials is not given.
@@ -53,16 +53,12 @@ class TuneSettings(ConfigBase):
     retrain: bool = False
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        _require(self.tuner in TUNERS, f"{name}.tuner must be one of {TUNERS}, got {self.tuner!r}")
-        _require(self.objective in OBJECTIVES,
-                 f"{name}.objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        _require(self.max_trials is None or self.max_trials >= 1,
-                 f"{name}.max_trials must be >= 1, got {self.max_trials}")
-        _require(self.max_epochs >= 1, f"{name}.max_epochs must be >= 1, got {self.max_epochs}")
-        _require(self.hyperband_factor >= 2,
-                 f"{name}.hyperband_factor must be >= 2, got {self.hyperband_factor}")
-        _require(self.iwae_k >= 1, f"{name}.iwae_k must be >= 1, got {self.iwae_k}")
+        require_choice(self, "tuner", TUNERS)
+        require_choice(self, "objective", OBJECTIVES)
+        require(self, "max_trials", self.max_trials is None or self.max_trials >= 1, "must be >= 1")
+        require(self, "max_epochs", self.max_epochs >= 1, "must be >= 1")
+        require(self, "hyperband_factor", self.hyperband_factor >= 2, "must be >= 2")
+        require(self, "iwae_k", self.iwae_k >= 1, "must be >= 1")
 
     @property
     def trial_limit(self) -> int | None:

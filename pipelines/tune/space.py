@@ -31,7 +31,7 @@ from typing import Any
 
 import keras_tuner as kt
 
-from model.config import ConfigError
+from core.config import ConfigError
 from pipelines.config import RunConfig
 from pipelines.tune import fields
 

@@ -19,7 +19,6 @@ the chief serves the oracle and trains nothing; workers ask it for trials.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import shutil
@@ -30,12 +29,13 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from model.config import ConfigError
+from core.config import ConfigError
 from pipelines import data
 from pipelines.config import RunConfig
 from pipelines.evaluate import evaluate
-from pipelines.train import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_FILE, MODEL_FILE, fit,
-                             load_datasets, save_model_atomic, write_json_atomic)
+from pipelines.train import fit, load_datasets
+from pipelines.workdir import (CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, read_json, save_model_atomic,
+                               write_json_atomic)
 from pipelines.tune.settings import TRIAL_RECORD, TuneSettings
 from pipelines.tune.space import SearchSpace
 
@@ -61,11 +61,8 @@ def role() -> str:
 
 
 def save_state(path: str | Path, state: dict) -> None:
-    """Writes a keras-tuner state file through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    """Writes a keras-tuner state file atomically."""
+    write_json_atomic(path, state)
 
 
 class AtomicSaves:
@@ -140,7 +137,7 @@ class VAETuner(kt.Tuner):
     def run_trial(self, trial, *args, verbose: int = 2, **kwargs) -> dict:
         trial_dir = Path(self.get_trial_dir(trial.trial_id))
         record_file = trial_dir / TRIAL_RECORD
-        record = read_json(record_file) or {"attempts": 0, "tuner_ids": []}
+        record = read_json(record_file, default=None) or {"attempts": 0, "tuner_ids": []}
         if record.get("result"):
             log.info("trial %s finished before; reporting its result again", trial.trial_id)
             return record["result"]
@@ -178,9 +175,7 @@ class VAETuner(kt.Tuner):
         metrics = {k: float(v) for k, v in metrics.items()}
         if writer:
             save_model_atomic(vae, trial_dir / MODEL_FILE)
-            write_json_atomic(trial_dir / HISTORY_FILE, {
-                "epochs": history.epochs, "train_seconds": history.train_seconds,
-                "completed_epochs": history.completed_epochs})
+            history.save(trial_dir)
             record["result"] = metrics
             write_json_atomic(record_file, record)
             if self.settings.tuner != "hyperband":  # only Hyperband continues a trial
@@ -278,6 +273,3 @@ def serve_oracle(oracle, poll_seconds: float = CHIEF_POLL_SECONDS) -> None:
     finally:
         server.stop(grace=5).wait()
 
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,5 +1,6 @@
 """Sampling, the likelihood layers and the networks: behaviour and serialization."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,3 +90,28 @@ def test_layer_config_and_save_load_round_trip(name, tmp_path):
         # still draw with its seed after reloading.
         return
     assert_save_load_round_trip(layer, data, tmp_path)
+
+
+def test_sampling_draws_its_seeded_sequence_again_after_reload(tmp_path):
+    zeros = [np.zeros((3, 2), "float32"), np.zeros((3, 2), "float32")]
+    inputs = [keras.Input((2,)), keras.Input((2,))]
+    model = keras.Model(inputs, Sampling(seed=4)(inputs))
+    first, second = model(zeros).numpy(), model(zeros).numpy()
+    assert not np.allclose(first, second)  # it keeps drawing: each call is a new draw
+    model.save(tmp_path / "sampling.keras")
+    reloaded = keras.models.load_model(tmp_path / "sampling.keras")
+    # The reloaded layer draws from its seed again: the same sequence, call after call.
+    np.testing.assert_array_equal(reloaded(zeros).numpy(), first)
+    np.testing.assert_array_equal(reloaded(zeros).numpy(), second)
+    other = keras.Model(inputs, Sampling(seed=5)(inputs))
+    assert not np.allclose(other(zeros).numpy(), first)
+
+
+def test_sampling_with_a_seed_tensor_is_stateless():
+    layer = Sampling(seed=4)
+    mean, log_var = np.ones((3, 2), "float32"), np.full((3, 2), -1.0, "float32")
+    seed = tf.constant([7, 1], tf.int64)
+    once, again = layer([mean, log_var], seed=seed), layer([mean, log_var], seed=seed)
+    np.testing.assert_array_equal(once, again)
+    eps = tf.random.stateless_normal((3, 2), seed)
+    np.testing.assert_allclose(once, mean + np.exp(0.5 * log_var) * eps, rtol=1e-6)

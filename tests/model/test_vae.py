@@ -7,6 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from model import VAE, ModelConfig
 from model.evaluation import iwae_chunk_size, iwae_log_likelihood, negative_elbo
@@ -119,7 +120,7 @@ def test_reload_in_a_fresh_process_gives_identical_outputs(trained, tmp_path):
     vae.save(tmp_path / "vae.keras")
     np.save(tmp_path / "x.npy", x[:32])
     script = (
-        "import sys, numpy as np, keras, model\n"
+        "import sys, numpy as np, keras\nfrom model import VAE  # registers the custom Keras objects\n"
         "d = sys.argv[1]\n"
         "m = keras.models.load_model(d + '/vae.keras')\n"
         "x = np.load(d + '/x.npy')\n"
@@ -133,3 +134,36 @@ def test_reload_in_a_fresh_process_gives_identical_outputs(trained, tmp_path):
     assert json.loads(done.stdout.strip().splitlines()[-1]) == vae.model_config.to_dict()
     np.testing.assert_array_equal(np.load(tmp_path / "mean.npy"), vae.encode(x[:32])[0])
     np.testing.assert_array_equal(np.load(tmp_path / "recon.npy"), vae.reconstruct(x[:32]))
+
+
+def test_loss_terms_are_the_per_example_negative_elbo_computed_independently():
+    vae = VAE(ModelConfig(**SMALL), seed=0)
+    x = patterns(16)
+    labels = np.arange(16) % 4
+    seed = tf.constant([3, 1], tf.int64)
+    terms = vae.loss_terms((x, labels), training=False, seed=seed)  # a batch that carries labels
+    assert set(terms) == set(VAE.LOSS_TERMS) and all(t.shape == (16,) for t in terms.values())
+    z_mean, z_log_var = (np.asarray(t, "float64") for t in vae.encode(x))
+    z = z_mean + np.exp(0.5 * z_log_var) * tf.random.stateless_normal((16, 3), seed).numpy()
+    logits = np.asarray(vae.decode_params(z.astype("float32")), "float64").reshape(16, -1)
+    flat = x.reshape(16, -1)
+    bce = np.sum(np.logaddexp(0, logits) - logits * flat, axis=1)  # -log Bernoulli(x | sigmoid(l))
+    kl = -0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=1)
+    np.testing.assert_allclose(terms["reconstruction"], bce, rtol=1e-4)
+    np.testing.assert_allclose(terms["kl"], kl, rtol=1e-4)
+    # The objective is mean(loss) + the add_loss KL: the negative ELBO in evaluation.
+    objective = float(np.mean(terms["loss"])) + float(sum(vae.losses))
+    assert objective == pytest.approx(float(np.mean(bce + kl)), rel=1e-5)
+    np.testing.assert_allclose(vae.negative_elbo(x, seed=0), vae.negative_elbo(x, seed=0))
+
+
+def test_fit_minimises_the_objective_of_loss_terms():
+    vae = VAE(ModelConfig(**SMALL, beta=0.5), seed=0)
+    vae.compile(optimizer=keras.optimizers.SGD(0.0))  # no step: the loss is the first batch's
+    x = patterns(32)
+    history = vae.fit(x, epochs=1, batch_size=32, verbose=0, shuffle=False).history
+    terms = vae.loss_terms(x, training=True, seed=None)
+    # One stochastic draw each, so compare up to the sampling noise of 32 images.
+    expected = float(np.mean(terms["loss"]) + 0.5 * np.mean(terms["kl"]))
+    assert history["loss"][0] == pytest.approx(expected, rel=0.05)
+    assert history["kl"][0] == pytest.approx(float(np.mean(terms["kl"])), rel=1e-3)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import encode_cli
+from pipelines import cli
 
 TINY = dict(image_shape=(28, 28, 1), latent_dim=4, hidden_units=(32,))
 
@@ -84,4 +84,4 @@ def column(table: pa.Table, name: str) -> np.ndarray:
 
 def run(argv: list[str]) -> int:
     """`vae encode ARGV` in this process (the parser `register` builds); its exit code."""
-    return encode_cli.main(["--no-progress", *[str(a) for a in argv]])
+    return cli.main(["encode", "--no-progress", *[str(a) for a in argv]])

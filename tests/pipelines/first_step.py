@@ -1,4 +1,6 @@
-"""Run as a script: one SGD step of the same VAE on one device or on N CPU replicas.
+"""Run as a script: one SGD step of the same VAE on one device or on N CPU replicas
+(`first_step.py REPLICAS [KIND]`; KIND `m2` trains M2 on a batch where every other label
+is -1, unlabelled).
 
 Prints the flat weight update as JSON. The log-variance head is set to -30 so that the
 sampling noise (sigma ~ 3e-7) cannot make the runs differ: any difference is the
@@ -11,19 +13,21 @@ import sys
 import numpy as np
 
 
-def main(replicas: int) -> None:
+def main(replicas: int, kind: str = "vae") -> None:
     from pipelines.distribute import make_cluster
 
     cluster = make_cluster("mirrored" if replicas > 1 else "default", replicas)
     import keras
     import tensorflow as tf
 
-    from model import VAE, ModelConfig
-    from pipelines.trainer import Trainer
+    from model import ModelConfig, model_class
+    from pipelines.train.trainer import Trainer
 
     keras.utils.set_random_seed(0)
+    extra = dict(kind="m2", alpha=2.0, num_classes=4) if kind == "m2" else {}
     with cluster.strategy.scope():
-        vae = VAE(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,)), seed=0)
+        config = ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,), **extra)
+        vae = model_class(kind)(config, seed=0)
         vae.build()
         head = vae.encoder.log_var_head
         head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
@@ -31,7 +35,7 @@ def main(replicas: int) -> None:
         vae.compile(optimizer=keras.optimizers.SGD(0.01))
     rng = np.random.default_rng(0)
     images = (rng.random((64, 8, 8, 1)) < 0.5).astype("float32")
-    labels = np.zeros(64, "int64")
+    labels = np.where(np.arange(64) % 2 == 0, np.arange(64) % 4, -1).astype("int64")
     ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
     import tempfile
     from pathlib import Path
@@ -42,8 +46,8 @@ def main(replicas: int) -> None:
     totals = trainer._train_steps(iterator, tf.constant(1)).numpy()
     after = np.concatenate([w.numpy().ravel() for w in vae.trainable_variables])
     print(json.dumps({"replicas": cluster.replicas, "update": (after - before).tolist(),
-                      "loss": float((totals[0] + totals[2]) / totals[3])}))
+                      "loss": trainer._logs(totals)["loss"]}))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), *sys.argv[2:])

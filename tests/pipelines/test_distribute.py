@@ -16,8 +16,9 @@ from pipelines.distribute import DistributionError, make_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 VAE = [sys.executable, "-m", "pipelines.cli"]
-SMALL = ["--epochs", "2", "--steps-per-epoch", "30", "--batch-size", "64", "--iwae-k", "10",
-         "--eval-examples", "200", "model.hidden_units=[128]", "train.eval_batch_size=200"]
+# Flags first, then SECTION.FIELD=VALUE overrides (argparse takes the positionals in one run).
+SMALL = ["--epochs", "2", "--batch-size", "64", "train.steps_per_epoch=30", "train.iwae_k=10",
+         "train.eval_examples=200", "model.hidden_units=[128]", "train.eval_batch_size=200"]
 
 
 def run(args, env=None, timeout=300):
@@ -38,7 +39,7 @@ def free_ports(n):
 
 
 def history(workdir):
-    return json.loads((Path(workdir) / "history.json").read_text())
+    return json.loads((Path(workdir) / "history.json").read_text())["metrics"]
 
 
 def test_multiworker_without_tf_config_says_what_is_missing(monkeypatch):
@@ -100,8 +101,8 @@ def test_two_workers_match_one_process(tmp_path, tfds_dir):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path, tfds_dir):
-    args = ["--epochs", "3", "--steps-per-epoch", "120", "--checkpoint-every-steps", "50",
-            "--iwae-k", "10", "--eval-examples", "500", "--seed", "3"]
+    args = ["--epochs", "3", "--seed", "3", "train.steps_per_epoch=120", "train.checkpoint_every_steps=50",
+            "train.iwae_k=10", "train.eval_examples=500"]
     killed = tmp_path / "killed"
     process = subprocess.Popen([*VAE, "train", "--workdir", str(killed), *args], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -117,7 +118,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path, tfds_dir):
     process.wait()
     assert not (killed / "metrics.json").exists()
 
-    out = run([*VAE, "-v", "train", "--workdir", str(killed), *args])
+    run([*VAE, "-v", "train", "--workdir", str(killed), *args])
     run([*VAE, "train", "--workdir", str(tmp_path / "whole"), *args])
     resumed = json.loads((killed / "metrics.json").read_text())
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
@@ -132,7 +133,8 @@ def test_resume_with_another_config_is_refused(tmp_path, tfds_dir):
     workdir = tmp_path / "w"
     (workdir / "checkpoints").mkdir(parents=True)
     from pipelines.config import RunConfig
-    from pipelines.train import WorkdirError, train
+    from pipelines.train import train
+    from pipelines.workdir import WorkdirError
 
     RunConfig().override("model.latent_dim=8").save(workdir / "config.json")
     with pytest.raises(WorkdirError, match="model.latent_dim: 8 -> 2"):
@@ -141,11 +143,15 @@ def test_resume_with_another_config_is_refused(tmp_path, tfds_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag", ["--mixed-precision", "--jit"])
+@pytest.mark.parametrize("flag", ["--mixed-precision", "train.jit=true"])
 def test_mixed_precision_and_xla_train(flag, tmp_path, tfds_dir):
-    args = ["--epochs", "1", "--steps-per-epoch", "20", "--batch-size", "64", "--iwae-k", "5",
-            "--eval-examples", "200", "model.hidden_units=[64]", "train.eval_batch_size=200"]
-    run([*VAE, "train", "--workdir", str(tmp_path / "w"), flag, *args])
+    args = ["--epochs", "1", "--batch-size", "64", "train.steps_per_epoch=20", "train.iwae_k=5",
+            "train.eval_examples=200", "model.hidden_units=[64]", "train.eval_batch_size=200"]
+    if flag.startswith("--"):
+        args = [flag, *args]
+    else:
+        args = [*args, flag]
+    run([*VAE, "train", "--workdir", str(tmp_path / "w"), *args])
     metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
     assert metrics["optimizer_steps"] == 20
     assert np.isfinite(metrics["test_nelbo"]) and metrics["test_nelbo"] < 545

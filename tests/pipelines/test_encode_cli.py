@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from pipelines import encode_cli
+from pipelines.encode import cli as encode_cli
 from pipelines.encode import EncodeError
 from pipelines.encode.beam import pipeline_options
 from tests.pipelines.encode_fixtures import run, tiny_export

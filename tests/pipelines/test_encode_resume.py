@@ -25,7 +25,7 @@ def _kill_after_two_shards(args: list[str], out: Path) -> int:
     """Runs `vae encode args` in a subprocess, SIGKILLs it once two shards are recorded;
     returns how many were recorded by then."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    job = subprocess.Popen([sys.executable, "-m", "pipelines.encode_cli", *args], cwd=REPO, env=env,
+    job = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "encode", *args], cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     state = out / ".encode-state"
     deadline = time.monotonic() + 120
@@ -105,7 +105,7 @@ def test_partial_output_of_other_arguments_is_refused(tiny_export, npy_input, tm
     assert run(args + ["--rows-per-shard", 3, "--skip-bad"]) == 2
     error = capsys.readouterr().err
     assert "holds an unfinished encoding made with other arguments" in error
-    assert "options.rows_per_shard: 2 then, 3 now" in error and "--overwrite" in error
+    assert "options.rows_per_shard: 2 -> 3" in error and "--overwrite" in error
     assert len(list(out.glob("part-*-of-00005.parquet"))) == 4  # untouched
 
     assert run(args + ["--rows-per-shard", 3, "--skip-bad", "--overwrite"]) == 0  # starts over

@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from pipelines import cli, data
+from pipelines.train import cli as train_cli
 from pipelines.config import RunConfig
 from pipelines.evaluate import evaluate
-from pipelines.train import METRICS_FILE, WorkdirError, build_model, train
+from pipelines.train import build_model, train
+from pipelines.workdir import METRICS_FILE, WorkdirError
 
 REQUIRED_METRICS = {"test_nelbo", "test_iwae_nll", "iwae_k", "train_images_per_second",
                     "epochs", "wall_seconds", "active_units"}
@@ -94,9 +96,9 @@ def test_time_budget_stops_training(tfds_dir, tmp_path):
     config = small_config(tfds_dir, "train.epochs=1000", "train.max_train_seconds=4",
                           "train.iwae_k=5", "train.eval_examples=200")
     metrics = train(config, tmp_path, verbose=0)
-    assert 4 <= metrics["train_seconds"] < 30
-    assert 0 < metrics["optimizer_steps"] < 1000 * 100
-    history = json.loads((tmp_path / "history.json").read_text())
+    assert metrics["train_seconds"] >= 4  # it stops only once the budget is spent
+    assert 0 < metrics["optimizer_steps"] < 1000 * 100 and metrics["epochs"] < 1000
+    history = json.loads((tmp_path / "history.json").read_text())["metrics"]
     assert len(history["loss"]) == metrics["epochs"] and np.isfinite(history["loss"]).all()
 
 
@@ -106,7 +108,7 @@ def test_a_budget_spent_before_the_first_step_logs_no_epoch(tfds_dir, tmp_path):
                           "train.iwae_k=5", "train.eval_examples=200")
     metrics = train(config, tmp_path, verbose=0)
     assert (metrics["optimizer_steps"], metrics["epochs"]) == (0, 0)
-    assert json.loads((tmp_path / "history.json").read_text()) == {}
+    assert json.loads((tmp_path / "history.json").read_text())["metrics"] == {}
 
 
 @pytest.mark.parametrize(
@@ -128,6 +130,6 @@ def test_cli_flags_reach_the_config():
     args = cli.build_parser().parse_args(
         ["train", "--workdir", "w", "--epochs", "4", "--latent-dim", "2", "--download",
          "model.hidden_units=[64]"])
-    config = cli.train_config(args)
+    config = train_cli.train_config(args)
     assert (config.train.epochs, config.model.latent_dim, config.data.download) == (4, 2, True)
     assert config.model.hidden_units == (64,)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import tune_cli
+from pipelines import cli
 from pipelines.tune.settings import PROJECT, RESULT, TRIAL_RECORD
 from tests.pipelines.test_tune_space import TINY_OVERRIDES, TINY_SPACE, write_space
 
@@ -26,7 +26,7 @@ def tune_argv(tfds_dir, workdir, space, *flags):
 
 def start(argv, log_path: Path, **env):
     log = open(log_path, "w")
-    return subprocess.Popen([sys.executable, "-m", "pipelines.tune_cli", *argv], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "tune", *argv], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
 
@@ -76,7 +76,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tfds_dir, tmp_pat
     done_before = {name: r["result"] for name, r in before.items() if r.get("result")}
     assert done_before and len(done_before) < 3 and not (workdir / RESULT).exists()
 
-    assert tune_cli.main(argv) == 0  # the same command again
+    assert cli.main(["tune", *argv]) == 0  # the same command again
 
     after = records_of(workdir)
     assert len(after) == 3 and all(r.get("result") for r in after.values())

@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines.config import RunConfig
-from pipelines.train import WorkdirError
+from pipelines.workdir import WorkdirError
 from pipelines.tune import TuneSettings, tune
 from pipelines.tune.settings import PROJECT, TRIAL_RECORD
 from tests.pipelines.test_tune_space import TINY_SPACE, tiny_config, write_space

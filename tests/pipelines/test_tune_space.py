@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from model.config import ConfigError
-from pipelines import tune_cli
+from core.config import ConfigError
+from pipelines import cli
+from pipelines.tune import cli as tune_cli
 from pipelines.config import RunConfig
-from pipelines.train import WorkdirError
+from pipelines.workdir import WorkdirError
 from pipelines.tune import SearchSpace, TuneSettings, tune
 from pipelines.tune.settings import PROJECT, RESULT
 
@@ -214,9 +215,9 @@ def test_cli_bad_input_raises_config_error(tmp_path, capsys):
     args = parse(["--workdir", str(tmp_path / "w"), "--space", bad])
     with pytest.raises(ConfigError, match="empty range"):
         args.func(args)
-    assert tune_cli.main(["--workdir", str(tmp_path / "w"), "--space", bad]) == 2
+    assert cli.main(["tune", "--workdir", str(tmp_path / "w"), "--space", bad]) == 2
     assert "entry 'model.latent_dim': empty range" in capsys.readouterr().err
-    assert tune_cli.main(["--workdir", str(tmp_path / "w"), "model.latent_dim=0"]) == 2
+    assert cli.main(["tune", "--workdir", str(tmp_path / "w"), "model.latent_dim=0"]) == 2
 
 
 def test_distributed_tuning_needs_all_three_variables(monkeypatch, tmp_path):

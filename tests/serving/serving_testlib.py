@@ -48,3 +48,47 @@ def start_server(base_path, **options):
     server = ModelServer(ServerOptions(model_base_path=str(base_path), port=0, **options))
     server.start()
     return server
+
+
+def export_strict_encoder(vae, version_dir):
+    """A SavedModel whose `encode` signature is the VAE's, behind an in-graph check that
+    refuses images above 1 (INVALID_ARGUMENT): a request the server accepts and the model
+    then fails, as a batch member that must fail alone."""
+    import keras
+    import tensorflow as tf
+
+    from serving import contract as C
+
+    def encode(inputs):
+        images = inputs[C.IMAGES]
+        tf.debugging.assert_less_equal(images, 1.0, message="images must be within [0, 1]")
+        z_mean, z_log_var = vae.encode(images)
+        return {C.Z_MEAN: tf.cast(z_mean, tf.float32), C.Z_LOG_VAR: tf.cast(z_log_var, tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(vae)
+    spec = {C.IMAGES: tf.TensorSpec((None, *IMAGE_SHAPE), tf.float32, name=C.IMAGES)}
+    archive.add_endpoint(C.ENCODE, encode, input_signature=[spec])
+    archive.write_out(str(version_dir), verbose=False)
+    return version_dir
+
+
+# === Conditional models (small: 8x8 images, 4 classes) ===
+SMALL_IMAGE_SHAPE = (8, 8, 1)
+NUM_CLASSES = 4
+CLASS_NAMES = ["tee", "trouser", "pullover", "dress"]
+
+
+def build_conditional(kind: str = "cvae", condition: str = "label", seed: int = 0):
+    """A tiny, built CVAE (on labels or a half) or M2 (random weights; `seed` changes them)."""
+    import keras
+
+    from model import ModelConfig, model_class
+
+    keras.utils.set_random_seed(seed)
+    extra = {"alpha": 1.0} if kind == "m2" else {"condition": condition}
+    config = ModelConfig(kind=kind, image_shape=SMALL_IMAGE_SHAPE, latent_dim=3, hidden_units=(16,),
+                         num_classes=NUM_CLASSES, **extra)
+    model = model_class(kind)(config, seed=seed)
+    model.build()
+    return model

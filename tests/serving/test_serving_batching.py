@@ -10,12 +10,14 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
-from serving_testlib import IMAGE_SHAPE, wait_for
+import tensorflow as tf
+from serving_testlib import IMAGE_SHAPE, export_strict_encoder, start_server, wait_for
 
+from core.config import ConfigError
 from serving import contract as C
 from serving.batching import BatchingOptions, _Queue, _Task
 from serving.client import VAEClient
-from serving.servable import RequestError
+from serving.errors import RequestError
 
 PARAMETERS_FILE = Path(__file__).resolve().parents[2] / "serving" / "batching_parameters.txt"
 
@@ -29,6 +31,10 @@ def test_parameters_file_parses_as_tf_serving_text():
     assert (parsed.max_batch_size, parsed.batch_timeout_micros) == (32, 500)
     with pytest.raises(ValueError):
         BatchingOptions(max_batch_size=C.MAX_BATCH + 1)
+    with pytest.raises(ConfigError, match=r"BatchingOptions.num_batch_threads must be >= 1, got 0"):
+        BatchingOptions.from_text("num_batch_threads { value: 0 }")
+    with pytest.raises(ConfigError, match="no-such-file.txt"):
+        BatchingOptions.from_file(PARAMETERS_FILE.parent / "no-such-file.txt")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +88,69 @@ def test_batched_errors_stay_with_their_request(batching_client):
         )
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert batching_client.generate(2, seed=1).shape == (2, *IMAGE_SHAPE)
+
+
+@pytest.fixture(scope="module")
+def strict_export(vae, tmp_path_factory):
+    return export_strict_encoder(vae, tmp_path_factory.mktemp("strict") / C.MODEL_NAME / "1")
+
+
+def test_a_request_that_fails_inside_a_batch_fails_alone(strict_export, images):
+    """Seven one-image encode requests form one batch (max_batch_size 7, a long timeout);
+    one image is out of range, so the batched call fails in the graph. The batch runs again
+    request by request: that one gets INVALID_ARGUMENT, the six others their own codes."""
+    from serving.client import ServingError
+
+    options = BatchingOptions(max_batch_size=7, batch_timeout_micros=60_000_000)
+    server = start_server(strict_export.parent, poll_seconds=0, batching=options)
+    bad = np.full((1, *IMAGE_SHAPE), 2.0, np.float32)
+    parts = [images[i : i + 1] for i in range(3)] + [bad] + [images[i : i + 1] for i in range(3, 6)]
+    try:
+        with VAEClient(f"127.0.0.1:{server.port}", timeout=120) as strict:
+            strict.metadata()  # (the client's first call reads it; not a batched call)
+
+            def call(part):
+                try:
+                    return strict.encode(part)
+                except ServingError as err:
+                    return err
+
+            results = run_concurrently(call, parts)
+        stats, split = server.scheduler.stats()[C.ENCODE], server.scheduler.split_batches()[C.ENCODE]
+    finally:
+        server.stop(grace=1)
+    assert stats == (1, 7) and split == 1  # one batch of all seven, which failed and was split
+    error = results[3]
+    assert isinstance(error, ServingError) and error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "images must be within [0, 1]" in error.details
+    encode = tf.saved_model.load(str(strict_export)).signatures[C.ENCODE]
+    for part, codes in zip(parts[:3] + parts[4:], results[:3] + results[4:]):
+        assert isinstance(codes, dict), codes
+        np.testing.assert_allclose(codes[C.Z_MEAN], encode(**{C.IMAGES: tf.constant(part)})[C.Z_MEAN], atol=1e-6)
+
+
+@pytest.mark.parametrize("failure", [RequestError(grpc.StatusCode.INVALID_ARGUMENT, "bad value"), KeyError("bug")],
+                         ids=["request error", "bug"])
+def test_a_batch_that_raises_fails_only_the_task_that_raises(failure):
+    """The queue's own unit: a batch function that raises whenever the bad task is in it."""
+    def run(tasks):
+        if any(t.prepared.value < 0 for t in tasks):
+            raise failure
+        for task in tasks:
+            task.result = {"twice": task.prepared.value * 2}
+
+    queue = _Queue("test", BatchingOptions(max_batch_size=4, batch_timeout_micros=60_000_000), run)
+    servable = object()
+    tasks = [_Task(servable, SimpleNamespace(rows=1, value=v), lambda: True) for v in (1, 2, -1, 3)]
+    threads = [threading.Thread(target=queue.submit, args=(task,)) for task in tasks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert (queue.batches_run, queue.tasks_run, queue.batches_split) == (1, 4, 1)
+    assert [t.result for t in tasks] == [{"twice": 2}, {"twice": 4}, None, {"twice": 6}]
+    expected = grpc.StatusCode.INVALID_ARGUMENT if isinstance(failure, RequestError) else grpc.StatusCode.INTERNAL
+    assert [t.error for t in tasks[:2] + tasks[3:]] == [None] * 3 and tasks[2].error.code == expected
 
 
 def test_a_full_queue_answers_unavailable():

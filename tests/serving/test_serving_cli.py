@@ -1,4 +1,4 @@
-"""`vae export`, `vae serve` and `vae generate` through `serving.cli.register`."""
+"""`vae serve` and `vae generate` through `serving.cli.register` (and `vae`'s one main)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ import pytest
 from PIL import Image
 from serving_testlib import IMAGE_SHAPE, free_port
 
+from core.config import ConfigError
+from core.errors import UserError
 from serving import contract as C
 from serving.cli import register, server_options
 from serving.client import VAEClient
-from serving.grid import image_grid
+from serving.grid import MIN_SIDE, image_grid, upscale
 
 ROOT = Path(__file__).resolve().parents[2]
+# `vae` itself, whichever way it is installed: the one main of pipelines/cli.py.
+VAE = [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def parse(*argv: str):
@@ -40,9 +44,13 @@ def test_generate_writes_a_png_grid(server, client, tmp_path, capsys):
     with Image.open(out) as picture:
         assert picture.format == "PNG" and picture.mode == "L"
         pixels = np.asarray(picture)
-    side = 3 * (IMAGE_SHAPE[0] + 2) + 2
-    assert pixels.shape == (side, side)
-    np.testing.assert_array_equal(pixels, image_grid(client.generate(9, seed=3)))
+    side = 3 * (IMAGE_SHAPE[0] + 2) + 2  # 92 px of tiles, enlarged 6x to 552 px
+    factor = -(-MIN_SIDE // side)
+    assert pixels.shape == (side * factor, side * factor) and max(pixels.shape) >= MIN_SIDE
+    tiles = image_grid(client.generate(9, seed=3))
+    assert tiles.shape == (side, side)
+    np.testing.assert_array_equal(pixels[::factor, ::factor], tiles)  # nearest neighbour:
+    np.testing.assert_array_equal(pixels, upscale(tiles))  # every pixel a factor x factor block
 
 
 def test_generate_against_no_server_fails_cleanly(tmp_path, capsys):
@@ -54,13 +62,40 @@ def test_generate_against_no_server_fails_cleanly(tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_export_command(tmp_path, vae, capsys):
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    vae.save(workdir / "model.keras")
-    assert run("export", "--workdir", str(workdir), "--base-dir", str(tmp_path / "exports"), "--version", "4") == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "exports" / C.MODEL_NAME / "4")
-    assert run("export", "--workdir", str(tmp_path / "none"), "--base-dir", str(tmp_path / "exports")) == 2
+def test_generate_bad_flags_are_user_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--num-samples must be >= 0"):
+        run("generate", "-n", "-1", "--out", str(tmp_path / "x.png"))
+    with pytest.raises(ConfigError, match="--tls-ca"):
+        run("generate", "--tls-ca", str(tmp_path / "no-such-ca.pem"), "--out", str(tmp_path / "x.png"))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_serve_on_a_taken_port_fails_with_exit_code_1(server, export_dir, capsys):
+    code = run("serve", "--model-base-path", str(export_dir.parent), "--port", str(server.port),
+               "--poll-seconds", "0")
+    assert code == 1 and f"cannot bind {C.DEFAULT_HOST}:{server.port}" in capsys.readouterr().err
+    assert server.manager.available_versions == [1]  # the running server is untouched
+
+
+def test_vae_main_answers_bad_serve_flags_with_exit_code_2(capsys):
+    from pipelines.cli import main
+
+    assert main(["serve", "--model-base-path", "x", "--port", "70000"]) == 2
+    assert "ServerOptions.port must be within [0, 65535], got 70000" in capsys.readouterr().err
+
+
+def test_registering_the_subcommands_imports_neither_tensorflow_nor_grpc():
+    """`vae --help` must answer at once: the parser is built from serving.cli alone."""
+    code = (
+        "import argparse, sys\n"
+        "from serving.cli import register\n"
+        "parser = argparse.ArgumentParser(prog='vae')\n"
+        "register(parser.add_subparsers(dest='command'))\n"
+        "print(sorted(m for m in ('tensorflow', 'grpc', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_serve_flags_become_server_options():
@@ -74,16 +109,18 @@ def test_serve_flags_become_server_options():
     cpus = sorted(os.sched_getaffinity(0))
     assert server_options(parse("serve", "--model-base-path", "x", "--cpus", f"{cpus[0]}")).cpus == (cpus[0],)
     for bad in (["--version-label", "stable"], ["--batching-parameters-file", "f.txt"], ["--cpus", "0-1"],
-                ["--cpus", "-1"], ["--cpus", str(cpus[-1] + 1)]):
-        with pytest.raises(ValueError):
+                ["--cpus", "-1"], ["--cpus", str(cpus[-1] + 1)], ["--port", "70000"], ["--num-versions", "-1"],
+                ["--enable-batching", "--batching-parameters-file", "no-such-file.txt"]):
+        with pytest.raises(ConfigError) as err:  # a UserError: `vae` answers it with exit code 2
             server_options(parse("serve", "--model-base-path", "x", *bad))
+        assert isinstance(err.value, UserError) and str(err.value)
 
 
 @pytest.mark.slow
 def test_serve_subprocess_answers_then_stops_on_sigterm(export_dir, tmp_path):
     port = free_port()
     command = [
-        sys.executable, "-m", "serving.cli", "serve", "--model-base-path", str(export_dir.parent),
+        *VAE, "serve", "--model-base-path", str(export_dir.parent),
         "--port", str(port), "--enable-batching", "--cpus", str(min(os.sched_getaffinity(0))),
     ]
     log = (tmp_path / "serve.log").open("w")

@@ -8,12 +8,13 @@ import threading
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_testlib import IMAGE_SHAPE, LATENT_DIM, METRICS, RUN_CONFIG, build_vae
+from serving_testlib import IMAGE_SHAPE, LATENT_DIM, METRICS, RUN_CONFIG
 from tensorflow_serving.apis import prediction_log_pb2
 
 from model.evaluation import iwae_log_likelihood
 from serving import contract as C
-from serving.export import existing_versions, export_model, export_workdir
+from serving.export import export_model
+from serving.layout import list_versions
 
 
 def call(loaded, name, **inputs):
@@ -125,7 +126,7 @@ def test_versions_count_up_and_are_never_overwritten(tmp_path, vae):
     first = export_model(vae, tmp_path)
     second = export_model(vae, tmp_path)
     assert (first.name, second.name) == ("1", "2")
-    assert existing_versions(tmp_path / C.MODEL_NAME) == [1, 2]
+    assert list_versions(tmp_path / C.MODEL_NAME) == [1, 2]
     with pytest.raises(FileExistsError):
         export_model(vae, tmp_path, version=2)
     with pytest.raises(ValueError):
@@ -167,21 +168,3 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, vae):
     with pytest.raises(TypeError):
         export_model(vae, tmp_path, metrics={"not json": object()})
     assert list((tmp_path / C.MODEL_NAME).iterdir()) == []
-
-
-def test_export_workdir_carries_config_and_metrics(tmp_path, images):
-    trained = build_vae(seed=3)
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    trained.save(workdir / "model.keras")
-    (workdir / C.CONFIG_FILE).write_text(json.dumps(RUN_CONFIG))
-    (workdir / C.METRICS_FILE).write_text(json.dumps(METRICS))
-    path = export_workdir(workdir, tmp_path / "exports")
-    assert path == tmp_path / "exports" / C.MODEL_NAME / "1"
-    assert json.loads((path / C.ASSETS_EXTRA / C.METRICS_FILE).read_text()) == METRICS
-    assert json.loads((path / C.ASSETS_EXTRA / C.CONFIG_FILE).read_text()) == RUN_CONFIG
-    reloaded = tf.saved_model.load(str(path))
-    np.testing.assert_allclose(call(reloaded, C.RECONSTRUCT, **{C.IMAGES: images})[C.IMAGES],
-                               trained.reconstruct(images), atol=1e-5)
-    with pytest.raises(FileNotFoundError):
-        export_workdir(tmp_path / "missing", tmp_path / "exports")

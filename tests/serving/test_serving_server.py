@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_testlib import IMAGE_SHAPE, LATENT_DIM
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -16,7 +17,6 @@ from tensorflow_serving.apis import (
 )
 
 from serving import contract as C
-from serving import health
 from serving.client import ServingError, VAEClient
 from serving.tensors import to_tensor_proto
 
@@ -104,17 +104,15 @@ def test_status_and_health(server, client):
     assert client.status() == {1: {"state": "AVAILABLE", "error_code": "OK", "error_message": ""}}
     assert client.wait_until_ready(timeout=5) == 1
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    assert health.check(channel) == health.check(channel, C.HEALTH_SERVICE) == "SERVING"
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", C.HEALTH_SERVICE):
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as err:
-        health.check(channel, "no.such.Service")
+        stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    watch = channel.unary_stream(
-        f"/{health.SERVICE_NAME}/Watch",
-        request_serializer=health.HealthCheckRequest.SerializeToString,
-        response_deserializer=health.HealthCheckResponse.FromString,
-    )
-    stream = watch(health.HealthCheckRequest(service=""), timeout=5)
-    assert next(stream).status == health.SERVING
+    stream = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
     stream.cancel()
     channel.close()
 
@@ -212,6 +210,39 @@ def test_malformed_tensor_is_invalid_argument(stubs):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tensor_content" in err.value.details()
 
 
+@pytest.mark.parametrize(
+    "signature, key, shape",
+    [(C.ENCODE, C.IMAGES, (2**40, *IMAGE_SHAPE)), (C.DECODE, C.Z, (C.MAX_BATCH + 1, LATENT_DIM))],
+    ids=["2**40 images", "one row over the limit"],
+)
+def test_declared_rows_over_the_limit_are_refused_before_any_allocation(stubs, signature, key, shape):
+    """A tensor that declares more rows than the limit and carries no data: INVALID_ARGUMENT
+    (not INTERNAL after an allocation), with the limit in the message; the server goes on."""
+    request = predict_request(signature, {key: np.zeros((0, *shape[1:]), np.float32)})
+    request.inputs[key].tensor_shape.dim[0].size = shape[0]
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert f"{key} has {shape[0]} rows; at most {C.MAX_BATCH} rows per request" in err.value.details()
+
+
+def test_a_huge_declared_shape_without_its_data_is_invalid_argument(stubs):
+    """generate_batch's inputs have no row limit of their own: a num_samples declared with
+    2**40 entries and carrying one value (TensorFlow would fill the rest) is refused by its
+    size against the data present, before TensorFlow allocates 4 TB; the server goes on."""
+    inputs = {C.NUM_SAMPLES: np.ones(1, np.int32), C.SEED: np.zeros((1, 2), np.int64),
+              C.TEMPERATURE: np.ones(1, np.float32)}
+    request = predict_request(C.GENERATE_BATCH, inputs)
+    counts = request.inputs[C.NUM_SAMPLES]
+    counts.ClearField("tensor_content")
+    counts.int_val.append(1)
+    counts.tensor_shape.dim[0].size = 2**40
+    with pytest.raises(grpc.RpcError) as err:
+        stubs[0].Predict(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert f"input '{C.NUM_SAMPLES}'" in err.value.details() and "carries 1 values" in err.value.details()
+
+
 def test_message_over_the_size_limit_is_resource_exhausted(stubs):
     rows = C.MAX_MESSAGE_BYTES // C.image_bytes(IMAGE_SHAPE) + 10
     with pytest.raises(grpc.RpcError) as err:
@@ -266,7 +297,6 @@ def test_client_errors_carry_code_and_message(server):
 
 def test_health_answers_the_official_grpc_health_client(server):
     """Wire compatibility with grpc_health.v1 (what probes and load balancers use)."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # a project dependency
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", C.HEALTH_SERVICE):

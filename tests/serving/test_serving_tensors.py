@@ -45,3 +45,25 @@ def test_typed_fields_are_read_like_tf_serving_writes_them():
     proto.ClearField("tensor_content")
     proto.float_val.extend([1.5, 2.5])
     np.testing.assert_array_equal(from_tensor_proto(proto), [[1.5, 2.5]])
+
+
+def test_a_huge_shape_with_no_data_is_refused_before_allocating():
+    proto = to_tensor_proto(np.zeros((0, 28, 28, 1), np.float32))
+    proto.tensor_shape.dim[0].size = 2**40
+    with pytest.raises(ValueError, match="carries 0 values; a tensor may be filled"):
+        from_tensor_proto(proto)
+
+
+def test_a_single_typed_value_still_fills_a_small_shape_as_tensorflow_does():
+    proto = tf.make_tensor_proto(np.float32(2.5), shape=[3, 2])  # one float_val, shape [3, 2]
+    assert len(proto.float_val) == 1 and not proto.tensor_content
+    np.testing.assert_array_equal(from_tensor_proto(proto), np.full((3, 2), 2.5, np.float32))
+    with pytest.raises(ValueError, match="only up to 16 bytes"):
+        from_tensor_proto(proto, max_fill_bytes=16)  # 6 floats: 24 bytes
+
+
+def test_a_negative_size_is_refused():
+    proto = to_tensor_proto(np.ones((2, 3), np.float32))
+    proto.tensor_shape.dim[0].size = -2
+    with pytest.raises(ValueError, match="negative size"):
+        from_tensor_proto(proto)

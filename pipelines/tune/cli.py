@@ -1,19 +1,15 @@
 """`vae tune`: search model and optimiser settings with keras-tuner, export the best model.
 
-`register(subparsers)` adds the subcommand to the `vae` console script; `main(argv)` runs
-it alone (`python -m pipelines.tune_cli ARGS`). Only this module parses flags; the work
-is `pipelines.tune.tune(config, workdir, TuneSettings)`.
+`register(subparsers)` adds the subcommand to the `vae` console script (`pipelines.cli`).
+Only this module parses flags; the work is `pipelines.tune.tune(config, workdir,
+TuneSettings)`. Importing it loads neither TensorFlow nor keras-tuner.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CPU machines
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -91,15 +87,12 @@ def tune_config(args):
 
 
 def run_tune(args) -> int:
-    """Runs `vae tune`; prints where the outputs are. Raises ConfigError for bad input."""
-    from pipelines.tune import TuneError, tune
+    """Runs `vae tune`; prints where the outputs are. Bad input raises a UserError (exit 2);
+    a search in which no trial finished raises TuneError (exit 1)."""
+    from pipelines.tune import tune
 
     settings, config = tune_settings(args), tune_config(args)
-    try:
-        result = tune(config, args.workdir, settings, overwrite=args.overwrite)
-    except TuneError as err:
-        print(f"vae tune: {err}", file=sys.stderr)
-        return 1
+    result = tune(config, args.workdir, settings, overwrite=args.overwrite)
     if not result:
         print("worker finished; the chief writes the report and exports the best model")
         return 0
@@ -110,14 +103,3 @@ def run_tune(args) -> int:
     print(f"outputs in {workdir}: trials.csv, trials.json, objective.png, best_config.json, best/")
     print(f"exported to {result['export']}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.tune_cli ARGS` = `vae tune ARGS` (the same parser and error handling)."""
-    from pipelines.cli import main as vae_main
-
-    return vae_main(["tune", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,14 @@
-"""A custom training loop for the VAE under any tf.distribute strategy.
+"""A custom training loop for any model that owns its objective, under any tf.distribute
+strategy.
 
 Keras 3 `fit` fails under `MultiWorkerMirroredStrategy`, so one loop serves every
-strategy: each replica computes its examples' negative ELBO terms, the reconstruction
-is averaged over the *global* batch (`tf.nn.compute_average_loss`) and the `add_loss`
-KL term is divided by the number of replicas (`tf.nn.scale_regularization_loss`), so
-the summed gradients equal one device's. Many steps run inside one `tf.function` call.
+strategy. The model says what to minimise: `model.loss_terms(batch)` returns per-example
+terms (its `LOSS_TERMS`), and the objective is `mean(terms["loss"]) + sum(model.losses)`.
+The loop knows nothing of likelihoods, priors or model kinds: each replica averages
+`loss` over the *global* batch (`tf.nn.compute_average_loss`) and divides the
+`add_loss` terms by the number of replicas (`tf.nn.scale_regularization_loss`), so the
+summed gradients equal one device's; it logs every term the model reports. Many steps
+run inside one `tf.function` call.
 
 Checkpoints (model, optimizer and progress) are written every epoch and, optionally,
 every N steps; a run started again resumes from the last one, mid-epoch included, and
@@ -17,15 +21,15 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from model import evaluation, losses
+from model.vae import split_batch
 from pipelines.distribute import Cluster
+from pipelines.workdir import CHECKPOINT_DIR, LOG_DIR, History
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +37,13 @@ log = logging.getLogger(__name__)
 STEPS_PER_CALL = 50
 
 
-@dataclass
-class History:
-    """Per-epoch logs and the seconds each epoch spent in training steps."""
-
-    epochs: list[dict] = field(default_factory=list)  # this process's epochs only
-    train_seconds: list[float] = field(default_factory=list)
-    completed_epochs: int = 0  # in the whole run, resumed epochs included
-    total_train_seconds: float = 0.0  # this process's time in training steps
-
-    def as_dict(self) -> dict[str, list[float]]:
-        keys = self.epochs[0].keys() if self.epochs else []
-        return {k: [e[k] for e in self.epochs] for k in keys}
-
-
 class Trainer:
-    """Trains `vae` (built and compiled with its optimizer under `cluster.strategy`).
+    """Trains a model (built and compiled with its optimizer under `cluster.strategy`).
 
     Args:
-        vae: the model; `vae.optimizer` is the optimizer.
+        model: any model that owns its objective: `loss_terms(batch, training, seed)`,
+            `LOSS_TERMS`, `kl_per_unit`, `kl_weight` and `sample`; `model.optimizer` is the
+            optimizer.
         cluster: the strategy and this process's role.
         global_batch: images per step across all replicas.
         workdir: checkpoints go to `workdir/checkpoints`, TensorBoard logs to
@@ -60,74 +52,88 @@ class Trainer:
         jit: compile the replica step with XLA.
     """
 
-    def __init__(self, vae, cluster: Cluster, *, global_batch: int, workdir: Path,
+    def __init__(self, model, cluster: Cluster, *, global_batch: int, workdir: Path,
                  checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True):
-        self.vae = vae
-        self.optimizer = vae.optimizer
+        self.model = model
+        self.optimizer = model.optimizer
         self.cluster = cluster
         self.strategy = cluster.strategy
         self.global_batch = global_batch
         self.checkpoint_every_steps = checkpoint_every_steps
         with self.strategy.scope():
-            self.optimizer.build(vae.trainable_variables)
+            self.optimizer.build(model.trainable_variables)
             # (epoch, step within the epoch) of the next step to run.
             self.progress = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="progress")
-        self.checkpoint = tf.train.Checkpoint(model=vae, optimizer=self.optimizer, progress=self.progress)
-        self._checkpoint_dir = workdir / "checkpoints"
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, progress=self.progress)
+        self._checkpoint_dir = workdir / CHECKPOINT_DIR
         self._write_dir = self._checkpoint_dir if cluster.is_chief else Path(
             tempfile.mkdtemp(prefix=f"vae-worker{cluster.task_id}-"))
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(self._write_dir), max_to_keep=2)
         if tensorboard and cluster.is_chief:
-            self.writer = tf.summary.create_file_writer(str(workdir / "logs"))
+            self.writer = tf.summary.create_file_writer(str(workdir / LOG_DIR))
         else:
             self.writer = tf.summary.create_noop_writer()
         replica_step = tf.function(self._replica_step, jit_compile=True) if jit else self._replica_step
         self._replica_fn = replica_step
+        self.terms = tuple(model.LOSS_TERMS)
+        if self.terms[0] != "loss":
+            raise ValueError(f"{type(model).__name__}.LOSS_TERMS must start with 'loss', got {self.terms}")
         self._train_steps = tf.function(self._steps)
         self._val_batch = tf.function(self._validation_batch, reduce_retracing=True)
 
     # === Steps ===
+    def _objective_parts(self, batch, training: bool, seed=None):
+        """(the model's per-example terms, the sum of its `add_loss` terms), read right after
+        the forward pass: under a strategy the replicas share the model object."""
+        terms = self.model.loss_terms(batch, training=training, seed=seed)
+        added = [tf.cast(v, tf.float32) for v in self.model.losses]
+        return terms, (tf.add_n(added) if added else tf.zeros(()))
+
+    def _term_sums(self, terms: dict, regularization, count) -> tf.Tensor:
+        """[sum of each LOSS_TERMS over the batch..., add_loss sum x count, count]."""
+        sums = [tf.reduce_sum(terms[k]) for k in self.terms]
+        return tf.stack([*sums, regularization * count, count])
+
     def _replica_step(self, batch):
-        images, _ = batch  # (b, H, W, C), labels
-        vae = self.vae
+        model = self.model
         with tf.GradientTape() as tape:
-            out = vae(images, training=True)
-            reconstruction = vae.likelihood.nll(images, out["params"])  # (b,)
-            loss = tf.nn.compute_average_loss(reconstruction, global_batch_size=self.global_batch)
-            loss += tf.nn.scale_regularization_loss(tf.add_n(vae.losses))
+            terms, regularization = self._objective_parts(batch, training=True)
+            loss = tf.nn.compute_average_loss(terms["loss"], global_batch_size=self.global_batch)
+            loss += tf.nn.scale_regularization_loss(regularization)
             scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, vae.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, vae.trainable_variables))
-        kl_sum = tf.reduce_sum(out["kl"])
-        weight = tf.cast(vae.kl_weight(training=True), tf.float32)
-        count = tf.cast(tf.shape(images)[0], tf.float32)
-        return tf.stack([tf.reduce_sum(reconstruction), kl_sum, weight * kl_sum, count])
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return self._term_sums(terms, regularization, tf.cast(tf.shape(terms["loss"])[0], tf.float32))
 
     def _steps(self, iterator, steps):
-        totals = tf.zeros(4)
+        totals = tf.zeros(len(self.terms) + 2)
         for _ in tf.range(steps):
             per_replica = self.strategy.run(self._replica_fn, args=(next(iterator),))
             totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         return totals
 
-    def _validation_batch(self, images, seed):
-        z_mean, z_log_var = self.vae.encode(images)
-        kl_units = tf.reduce_sum(losses.kl_per_unit(z_mean, z_log_var), axis=0)
-        nelbo = evaluation.negative_elbo(self.vae, images, seed)
-        return tf.reduce_sum(nelbo), kl_units
+    def _logs(self, totals, prefix: str = "") -> dict[str, float]:
+        """Per-example means of the summed terms; `loss` is the whole objective."""
+        count = max(float(totals[-1]), 1.0)
+        logs = {f"{prefix}{k}": float(totals[i]) / count for i, k in enumerate(self.terms) if k != "loss"}
+        objective = (float(totals[0]) + float(totals[-2])) / count
+        return {f"{prefix}loss": objective, **logs}
+
+    def _validation_batch(self, batch, seed):
+        images, labels = split_batch(batch)  # a conditional model's KL needs the labels too
+        terms, regularization = self._objective_parts(batch, training=False, seed=seed)
+        kl_units = tf.reduce_sum(self.model.kl_per_unit(images, labels=labels), axis=0)
+        return self._term_sums(terms, regularization, tf.cast(tf.shape(images)[0], tf.float32)), kl_units
 
     def validate(self, dataset, seed: int = 0) -> dict:
-        """The negative ELBO (beta = 1) and KL per unit on a fixed validation set."""
-        total, kl_units, count = 0.0, 0.0, 0
-        for index, (images, _) in enumerate(dataset):
-            nelbo, kl = self._val_batch(images, tf.constant([seed, index], tf.int64))
-            total += float(nelbo)
+        """The model's terms (`val_loss`: the objective with KL weight 1, the negative
+        ELBO) and the KL per latent unit, on a fixed validation set."""
+        totals, kl_units = np.zeros(len(self.terms) + 2), 0.0
+        for index, batch in enumerate(dataset):
+            sums, kl = self._val_batch(batch, tf.constant([seed, index], tf.int64))
+            totals += sums.numpy()
             kl_units = kl_units + kl.numpy()
-            count += int(images.shape[0])
-        kl_units = np.asarray(kl_units) / max(count, 1)
-        return {"val_loss": total / max(count, 1), "val_kl": float(kl_units.sum()),
-                "val_reconstruction": total / max(count, 1) - float(kl_units.sum()),
-                "kl_per_unit": kl_units}
+        return {**self._logs(totals, "val_"), "kl_per_unit": np.asarray(kl_units) / max(totals[-1], 1.0)}
 
     # === Checkpoints ===
     def restore(self) -> tuple[int, int]:
@@ -175,7 +181,7 @@ class Trainer:
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}", flush=True)
             bar = keras.utils.Progbar(steps_per_epoch, verbose=verbose if verbose == 1 else 0)
-            totals = np.zeros(4)
+            totals = np.zeros(len(self.terms) + 2)
             began, epoch_start = time.perf_counter(), step
             out_of_time = False
             while step < steps_per_epoch:
@@ -188,26 +194,20 @@ class Trainer:
                     count = min(count, self.checkpoint_every_steps - done % self.checkpoint_every_steps)
                 totals += self._train_steps(iterator, tf.constant(count)).numpy()
                 step += count
-                bar.update(step, [("loss", (totals[0] + totals[2]) / totals[3])])
+                bar.update(step, [("loss", self._logs(totals)["loss"])])
                 if (self.checkpoint_every_steps and step < steps_per_epoch
                         and int(self.optimizer.iterations.numpy()) % self.checkpoint_every_steps == 0):
                     self.save(epoch, step)
             seconds = time.perf_counter() - began
             budget_used += seconds
-            history.total_train_seconds = budget_used
+            history.train_seconds = budget_used
             if out_of_time and step == epoch_start:  # not one step of this epoch ran: nothing to log
                 log.info("time budget of %.0f s used up before epoch %d", max_seconds, epoch + 1)
                 break
             if epoch_start == 0 and not out_of_time:
-                history.train_seconds.append(seconds)
+                history.epoch_seconds.append(seconds)
             val = self.validate(val_dataset)
-            logs = {
-                "loss": (totals[0] + totals[2]) / totals[3],
-                "reconstruction": totals[0] / totals[3],
-                "kl": totals[1] / totals[3],
-                **{k: v for k, v in val.items() if k != "kl_per_unit"},
-            }
-            logs = {k: float(v) for k, v in logs.items()}
+            logs = {**self._logs(totals), **{k: v for k, v in val.items() if k != "kl_per_unit"}}
             history.epochs.append(logs)
             history.completed_epochs = epoch + 1
             self._summaries(epoch, logs, val["kl_per_unit"])
@@ -221,7 +221,7 @@ class Trainer:
                     f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
             if patience:
                 if logs["val_loss"] < best:
-                    best, best_weights, waited = logs["val_loss"], self.vae.get_weights(), 0
+                    best, best_weights, waited = logs["val_loss"], self.model.get_weights(), 0
                 else:
                     waited += 1
                     if waited >= patience:
@@ -232,7 +232,7 @@ class Trainer:
                 log.info("time budget of %.0f s used up at the end of epoch %d", max_seconds, epoch + 1)
                 break
         if best_weights is not None:
-            self.vae.set_weights(best_weights)
+            self.model.set_weights(best_weights)
         return history
 
     def _summaries(self, epoch: int, logs: dict, kl_per_unit) -> None:
@@ -240,8 +240,8 @@ class Trainer:
             for key, value in logs.items():
                 tf.summary.scalar(key, value)
             tf.summary.scalar("learning_rate", float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)))
-            tf.summary.scalar("kl_weight", float(self.vae.kl_weight(training=True)))
+            tf.summary.scalar("kl_weight", float(self.model.kl_weight(training=True)))
             for unit, value in enumerate(kl_per_unit):
                 tf.summary.scalar(f"kl_per_unit/{unit:03d}", float(value))
-            tf.summary.image("samples", self.vae.sample(16, seed=0), max_outputs=16)
+            tf.summary.image("samples", self.model.sample(16, seed=0), max_outputs=16)
         self.writer.flush()

@@ -1,19 +1,14 @@
 """`vae encode`: encode a dataset, a folder of images, .npy or TFRecord files with an export.
 
-`register(subparsers)` adds the subcommand to the `vae` console script; `main(argv)` runs
-it alone (`python -m pipelines.encode_cli ...`). Only this module parses flags; the work
-is `pipelines.encode.encode(EncodeConfig)`.
+`register(subparsers)` adds the subcommand to the `vae` console script (`pipelines.cli`).
+Only this module parses flags; the work is `pipelines.encode.encode(EncodeConfig)`.
+Importing it loads neither TensorFlow nor `model/` (the encoder works from the export).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA probing chatter on CPU machines
-
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
 
 EXAMPLES = """\
 examples:
@@ -109,7 +104,7 @@ def config_from_args(args):
     return EncodeConfig(
         model=args.model, out=args.out, input_kind=kind,
         dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-        paths=() if kind == "tfds" else ([paths] if isinstance(paths, str) else paths),
+        paths=() if kind == "tfds" else tuple([paths] if isinstance(paths, str) else paths),
         image_feature=args.image_feature, label_feature=args.label_feature or None,
         id_feature=args.id_feature, resize=args.resize, output_format=args.format,
         log_likelihood=args.log_likelihood, reconstruction_error=args.reconstruction_error,
@@ -120,42 +115,14 @@ def config_from_args(args):
 
 
 def run_encode(args) -> int:
-    """Runs `vae encode`; prints a summary, or the error and returns 2."""
-    from pipelines.encode import EncodeError, encode
+    """Runs `vae encode` and prints a summary; bad input raises EncodeError (exit 2)."""
+    from pipelines.encode import encode
     from pipelines.encode.output import MANIFEST_FILE
 
-    try:
-        manifest = encode(config_from_args(args))
-    except EncodeError as err:
-        print(f"vae encode: error: {err}", file=sys.stderr)
-        return 2
+    manifest = encode(config_from_args(args))
     model = manifest["model"]
     print(f"encoded {manifest['rows']} of {manifest['num_inputs']} inputs ({manifest['num_skipped']} "
           f"skipped) with {model['name']} version {model['version']} in "
           f"{manifest['runner']['wall_seconds']:.1f} s: {len(manifest['shards'])} {manifest['format']} "
           f"shards and {MANIFEST_FILE} in {os.path.abspath(args.out) if '://' not in args.out else args.out}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.encode_cli ARGS` = `vae encode ARGS`.
-
-    Its own small parser, not `pipelines.cli`: building the whole `vae` parser registers
-    every subcommand, and `tune`'s registration imports `model/`, which an encoder that
-    works from the export alone must not load.
-    """
-    parser = argparse.ArgumentParser(prog="vae")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register(subparsers)
-    args = parser.parse_args(["encode", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("vae encode: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Issue 13's accuracy claims on Fashion-MNIST, one run each, through `vae train`'s code.
+
+1. M2 with `--labelled-per-class` labels per class (the rest of the training split
+   unlabelled, label -1) trained for `--budget` seconds of steps, against the same
+   classifier network (`model.classifiers`, same widths) trained on the labelled images
+   alone (dynamically binarised like M2's inputs; Adam, batch 100). Both are scored on
+   all 10,000 test images, binarised once. The baseline's accuracy is reported after
+   each of several epoch counts and its best one is the figure compared, which flatters
+   the baseline (the epoch count is chosen on the test set).
+2. A label CVAE trained for `--cvae-budget` seconds: 100 images generated per class are
+   classified by a separately trained convolutional classifier (`--judge-epochs` on the
+   whole grey-level training split); the figure is the share recognised as the class
+   they were generated for.
+3. A `left_half` CVAE trained for `--cvae-budget` seconds completes the right half of
+   every test image from its (binarised) left half; the mean squared error against the
+   grey-level truth (the mean of 16 completions, and the decoder's mean at z = 0) is
+   compared with filling in the training split's mean image.
+
+Usage (never two benchmarks at once on a 2-core machine):
+    flock /tmp/vae-bench.lock .venv/bin/python benchmarks/semi_supervised.py \\
+        --out runs/semi_supervised --json runs/semi_supervised/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def settings(budget: float, data_dir: str | None, *overrides: str):
+    from pipelines.config import RunConfig
+
+    config = RunConfig()
+    for assignment in ("train.epochs=100000", f"train.max_train_seconds={budget}", "train.iwae_k=100",
+                       "train.eval_examples=2000", "train.tensorboard=false", *overrides,
+                       *([f'data.data_dir="{data_dir}"'] if data_dir else [])):
+        config = config.override(assignment)
+    return config.check_sections()
+
+
+def test_images(config, binarize: bool):
+    """All test images and labels as NumPy arrays (binarised once, as `vae train` scores)."""
+    import numpy as np
+
+    from pipelines import data
+
+    builder = data.get_builder(config.data)
+    ds = data.evaluation_dataset(builder, config.data, config.data.test_split, 1000,
+                                 binarize=binarize, seed=config.train.seed + 2)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def train_images(config):
+    """The training split's grey-level images (N, H, W, C) float32 and labels (N,)."""
+    import numpy as np
+
+    from pipelines import data
+
+    builder = data.get_builder(config.data)
+    ds = data.evaluation_dataset(builder, config.data, config.data.train_split, 5000, binarize=False, seed=0)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# === 1. M2 against its classifier on the labelled images alone ===
+def m2_vs_supervised(args, out: Path) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from model.classifiers import build_classifier
+    from pipelines.train import train
+
+    overrides = ["model.kind=m2", f"data.labelled_per_class={args.labelled_per_class}", *args.m2]
+    config = settings(args.budget, args.data_dir, *overrides)
+    metrics = train(config, out / "m2", overwrite=True, verbose=0)
+    m2 = keras.models.load_model(out / "m2" / "model.keras", compile=False)
+    images, labels = test_images(config, binarize=True)
+    predicted = np.concatenate([np.argmax(m2.classify(images[i:i + 1000]), -1) for i in range(0, len(images), 1000)])
+    m2_accuracy = float(np.mean(predicted == labels))
+
+    result = {
+        "labelled_per_class": args.labelled_per_class, "alpha": config_alpha(out / "m2"),
+        "m2_test_accuracy": m2_accuracy, "m2_train_seconds": metrics["train_seconds"],
+        "m2_optimizer_steps": metrics["optimizer_steps"], "m2_epochs": metrics["epochs"],
+        "m2_test_marginal_iwae_nll_2000_k100": metrics.get("test_marginal_iwae_nll"),
+    }
+    if args.skip_baseline:
+        return result
+    record = json.loads((out / "m2" / "labelled.json").read_text())
+    train_x, train_y = train_images(config)
+    x, y = train_x[record["indices"]], train_y[record["indices"]]
+    keras.utils.set_random_seed(config.train.seed)
+    classifier = keras.Sequential([keras.Input(x.shape[1:]), build_classifier(config.model)])
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(len(x), seed=0).batch(100)
+    keys = tf.data.Dataset.random(seed=0, rerandomize_each_iteration=True)  # a fresh draw per batch
+    binarised = tf.data.Dataset.zip(batches, keys).map(lambda batch, key: (tf.cast(
+        tf.random.stateless_uniform(tf.shape(batch[0]), tf.stack([key, 0])) < batch[0], tf.float32), batch[1]))
+    steps, done, curve = len(x) // 100, 0, {}
+    for epochs in args.baseline_epochs:
+        classifier.fit(binarised, epochs=epochs - done, steps_per_epoch=steps, verbose=0)
+        done = epochs
+        curve[epochs] = float(classifier.evaluate(images, labels, batch_size=1000, verbose=0)[1])
+    return {
+        **result,
+        "supervised_only_accuracy_by_epochs": curve,
+        "supervised_only_best_accuracy": max(curve.values()),
+    }
+
+
+def config_alpha(workdir: Path) -> float:
+    return json.loads((workdir / "config.json").read_text())["model"]["alpha"]
+
+
+# === 2. CVAE: generated classes recognised by a separate classifier ===
+def cvae_generated_classes(args, out: Path) -> dict:
+    import keras
+    import numpy as np
+
+    from model.classifiers import ConvClassifier
+    from pipelines.train import train
+
+    config = settings(args.cvae_budget, args.data_dir, "model.kind=cvae", *args.cvae)
+    metrics = train(config, out / "cvae_label", overwrite=True, verbose=0)
+    cvae = keras.models.load_model(out / "cvae_label" / "model.keras", compile=False)
+    train_x, train_y = train_images(config)
+    test_x, test_y = test_images(config, binarize=False)
+    keras.utils.set_random_seed(config.train.seed)
+    judge = keras.Sequential([keras.Input(train_x.shape[1:]), ConvClassifier(10, (32, 64), (128,))])
+    judge.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    judge.fit(train_x, train_y, batch_size=128, epochs=args.judge_epochs, verbose=0)
+    judge_accuracy = float(judge.evaluate(test_x, test_y, batch_size=1000, verbose=0)[1])
+    wanted = np.repeat(np.arange(10), 100)
+    generated = np.asarray(cvae.generate(wanted, seed=0))
+    recognised = np.argmax(judge.predict(generated, batch_size=1000, verbose=0), -1)
+    per_class = [float(np.mean(recognised[wanted == k] == k)) for k in range(10)]
+    return {"cvae_train_seconds": metrics["train_seconds"], "cvae_test_iwae_nll_given_y": metrics["test_iwae_nll"],
+            "judge_test_accuracy": judge_accuracy,
+            "generated_class_accuracy": float(np.mean(recognised == wanted)),
+            "generated_class_accuracy_per_class": per_class}
+
+
+# === 3. Half completion against the mean image ===
+def half_completion(args, out: Path) -> dict:
+    import keras
+    import numpy as np
+
+    from pipelines.train import train
+
+    config = settings(args.cvae_budget, args.data_dir, "model.kind=cvae", "model.condition=left_half", *args.cvae)
+    metrics = train(config, out / "cvae_left_half", overwrite=True, verbose=0)
+    model = keras.models.load_model(out / "cvae_left_half" / "model.keras", compile=False)
+    half = model.condition
+    train_x, _ = train_images(config)
+    grey, _ = test_images(config, binarize=False)
+    binary, _ = test_images(config, binarize=True)
+    truth = np.asarray(half.hidden(grey))  # (N, 28, 14, 1)
+    mean_fill = np.asarray(half.hidden(train_x)).mean(axis=0, keepdims=True)
+    draws = [np.asarray(half.hidden(model.complete(binary, seed=s))) for s in range(16)]
+    at_mode = np.asarray(half.hidden(model.complete(binary, temperature=0.0)))
+    mse = lambda guess: float(np.mean((guess - truth) ** 2))  # noqa: E731
+    return {"half_train_seconds": metrics["train_seconds"], "half_test_iwae_nll_of_right_half": metrics["test_iwae_nll"],
+            "mse_mean_of_16_completions": mse(np.mean(draws, axis=0)), "mse_one_completion": mse(draws[0]),
+            "mse_decoder_mean_at_z0": mse(at_mode), "mse_mean_image_fill": mse(mean_fill)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=600.0, help="M2's seconds of training steps")
+    parser.add_argument("--cvae-budget", type=float, default=300.0, help="each CVAE's seconds of training")
+    parser.add_argument("--labelled-per-class", type=int, default=100)
+    parser.add_argument("--baseline-epochs", type=int, nargs="+", default=[25, 50, 100, 200])
+    parser.add_argument("--judge-epochs", type=int, default=3)
+    parser.add_argument("--skip-baseline", action="store_true", help="M2 alone (e.g. to compare alphas)")
+    parser.add_argument("--m2", nargs="*", default=[], help="extra overrides of the M2 run")
+    parser.add_argument("--cvae", nargs="*", default=[], help="extra overrides of both CVAE runs")
+    parser.add_argument("--parts", nargs="+", default=["m2", "cvae", "half"], choices=["m2", "cvae", "half"])
+    parser.add_argument("--out", default="runs/semi_supervised")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    out, started = Path(args.out), time.perf_counter()
+    parts = {"m2": m2_vs_supervised, "cvae": cvae_generated_classes, "half": half_completion}
+    results = {}
+    for name in args.parts:
+        results[name] = parts[name](args, out)
+        print(json.dumps({name: results[name]}), flush=True)
+    results["wall_seconds"] = time.perf_counter() - started
+    results["command"] = {k: v for k, v in vars(args).items()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

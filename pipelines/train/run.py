@@ -1,0 +1,193 @@
+"""`vae train`: data -> distributed training -> save -> evaluate -> pictures -> export (every
+kind: the exporter gives a cvae or m2 its own signatures, and the dataset's class names),
+in one run folder (its layout: `pipelines.workdir`).
+
+Under `multiworker` every host runs the same command; only the chief writes the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.kinds import model_class
+from model.vae import VAE
+from pipelines import data, plots, workdir as W
+from pipelines.config import RunConfig
+from pipelines.distribute import Cluster, make_cluster
+from pipelines.evaluate import evaluate
+from pipelines.optimizers import FusedAdam
+from pipelines.train.inputs import Datasets, load_datasets, test_dataset
+from pipelines.train.trainer import Trainer
+from pipelines.workdir import History
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: RunConfig) -> VAE:
+    """The model of a run (the class of `model.kind`), built (all weights created) and
+    compiled with its optimizer."""
+    vae = model_class(config.model.kind)(config.model, seed=config.train.seed)
+    vae.build()
+    vae.compile(optimizer=FusedAdam(config.train.learning_rate))
+    return vae
+
+
+def set_precision(config: RunConfig) -> None:
+    """Sets Keras' global dtype policy for the run (float32 unless `train.mixed_precision`),
+    so that a process that trains twice gets each run's own precision."""
+    policy = "float32"
+    if config.train.mixed_precision:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        log.info("mixed precision: %s (losses and the KL stay float32)", policy)
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, *,
+        verbose: int = 2) -> tuple[VAE, History, Trainer]:
+    """Builds the model under the strategy and trains it (resuming from workdir's
+    checkpoints if any). The training code of `vae train` and `vae tune`."""
+    with cluster.strategy.scope():
+        vae = build_model(config)
+    train_cfg = config.train
+    trainer = Trainer(vae, cluster, global_batch=train_cfg.batch_size, workdir=workdir,
+                      checkpoint_every_steps=train_cfg.checkpoint_every_steps,
+                      jit=train_cfg.jit, tensorboard=train_cfg.tensorboard)
+    log.info("training a %s %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
+             config.model.architecture, config.model.kind, config.data.dataset, train_cfg.epochs,
+             datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)
+    history = trainer.fit(datasets.train, datasets.validation, epochs=train_cfg.epochs,
+                          steps_per_epoch=datasets.steps_per_epoch,
+                          patience=train_cfg.early_stopping_patience,
+                          max_seconds=train_cfg.max_train_seconds, verbose=verbose)
+    return vae, history, trainer
+
+
+def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
+          verbose: int | None = None, cluster: Cluster | None = None) -> dict:
+    """Trains, saves, evaluates, draws and exports one model; returns the metrics (empty
+    on a worker that is not the chief).
+
+    A killed run resumes from `workdir/checkpoints` when the same command runs again.
+
+    Raises:
+        pipelines.workdir.WorkdirError: the workdir holds a finished run and `overwrite`
+            is False, or an unfinished run of a different config.
+        pipelines.data.DataError: the dataset cannot be found or prepared.
+        pipelines.distribute.DistributionError: the strategy cannot run here.
+    """
+    from serving.export import export_model
+
+    started = time.perf_counter()
+    cluster = cluster or make_cluster(config.train.strategy, config.train.cpu_replicas)
+    workdir = Path(workdir)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    keras.utils.set_random_seed(config.train.seed)
+    set_precision(config)
+    config, datasets = load_datasets(config, workers=cluster.workers)
+    if cluster.is_chief:
+        W.prepare(workdir, config, overwrite)
+        if datasets.labelled is not None:
+            W.write_json_atomic(workdir / W.LABELLED_FILE, datasets.labelled)
+    vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
+    if not cluster.is_chief:
+        return {}
+    metrics = finish(config, vae, history, datasets, workdir, verbose=verbose)
+    metrics.update(replicas=cluster.replicas, strategy=cluster.name)
+    version_dir = export_model(vae, workdir / W.EXPORT_DIR, config.train.model_name,
+                               run_config=config.to_dict(), metrics=metrics,
+                               class_names=data.class_names(datasets.builder))
+    metrics.update(export=str(version_dir))
+    metrics.update(wall_seconds=time.perf_counter() - started)
+    W.write_json_atomic(workdir / W.METRICS_FILE, metrics)
+    trainer.clear_checkpoints()
+    return metrics
+
+
+def finish(config: RunConfig, vae: VAE, history: History, datasets: Datasets, workdir: Path,
+           *, verbose: int = 2) -> dict:
+    """Saves the model and history, evaluates on the test split and draws the pictures;
+    returns the metrics (the caller writes them last)."""
+    W.save_model_atomic(vae, workdir / W.MODEL_FILE)
+    history.save(workdir)
+    train_cfg = config.train
+    test_ds, test_count = test_dataset(config, datasets)
+    log.info("evaluating on %d test images (IWAE k=%d)", test_count, train_cfg.iwae_k)
+    metrics = evaluate(vae, test_ds, iwae_k=train_cfg.iwae_k, batch_size=train_cfg.eval_batch_size,
+                       seed=train_cfg.seed, num_examples=test_count, verbose=verbose == 1)
+    pictures = draw_pictures(vae, test_ds, workdir, seed=train_cfg.seed)
+    steady = history.epoch_seconds[1:] or history.epoch_seconds
+    images_per_epoch = datasets.steps_per_epoch * train_cfg.batch_size
+    metrics.update(
+        epochs=history.completed_epochs,
+        optimizer_steps=int(vae.optimizer.iterations.numpy()),
+        train_images_per_second=images_per_epoch / statistics.median(steady) if steady else None,
+        epoch_seconds=history.epoch_seconds,
+        train_seconds=history.train_seconds,
+        dataset=config.data.dataset,
+        pictures=sorted(p.name for p in pictures),
+    )
+    return metrics
+
+
+def draw_pictures(vae, test_ds, workdir: Path, seed: int = 0) -> list[Path]:
+    """Writes samples.png and reconstructions.png; for a label-conditioned model
+    classes.png (one row per class), for a half-conditioned one completions.png
+    (observed half | completion | truth); for an unconditional 2-D latent space
+    latent_scatter.png and manifold.png."""
+    first_images, first_labels = (t.numpy() for t in next(iter(test_ds)))
+    paths = [
+        plots.sample_grid(vae, workdir / "samples.png", seed=seed),
+        plots.reconstruction_grid(vae, first_images, workdir / "reconstructions.png", labels=first_labels),
+    ]
+    condition = vae.condition.name if vae.condition is not None else None
+    if condition == "label":
+        paths.append(plots.class_grid(vae, workdir / "classes.png", seed=seed))
+    elif condition is not None:
+        paths.append(plots.completion_grid(vae, first_images, workdir / "completions.png", seed=seed))
+    if vae.latent_dim == 2 and condition is None:
+        codes, labels = [], []
+        for images, batch_labels in test_ds:
+            codes.append(np.asarray(vae.encode(images)[0]))
+            labels.append(batch_labels.numpy())
+        paths.append(plots.latent_scatter(np.concatenate(codes), np.concatenate(labels),
+                                          workdir / "latent_scatter.png"))
+        paths.append(plots.manifold_grid(vae, workdir / "manifold.png"))
+    return paths
+
+
+def export_run(workdir: str | Path, base_dir: str | Path, model_name: str | None = None,
+               version: int | None = None) -> Path:
+    """Exports the model a finished `vae train` run left in `workdir` (`vae export`).
+
+    Args:
+        workdir: holds `model.keras`, `config.json` and (optionally) `metrics.json`.
+        base_dir: the export root; the version goes to `<base_dir>/<model_name>/<version>`.
+        model_name: the served name (default: the run's `train.model_name`).
+        version: the version number (default: the next one).
+
+    Raises:
+        pipelines.workdir.WorkdirError: `workdir` holds no trained model.
+    """
+    from serving.export import export_model
+
+    workdir = Path(workdir)
+    model_file = workdir / W.MODEL_FILE
+    if not model_file.is_file():
+        raise W.WorkdirError(f"no trained model at {model_file}; name a finished `vae train` --workdir")
+    vae = keras.models.load_model(model_file, compile=False)
+    run_config = W.read_json(workdir / W.CONFIG_FILE, default=None)
+    config = RunConfig.from_dict(run_config) if run_config else RunConfig()
+    if model_name is None:
+        model_name = config.train.model_name
+    metrics = W.read_json(workdir / W.METRICS_FILE, default=None)
+    names = data.dataset_class_names(config.data) if vae.condition is not None else None
+    return export_model(vae, base_dir, model_name, version, run_config, metrics, class_names=names)
