@@ -8,7 +8,7 @@ from keras import layers
 
 from model.config import ModelConfig
 from model.layers import PACKAGE
-from model.networks import _Network, _stack
+from model.networks import _Network, _stack, strided_convs
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -76,10 +76,7 @@ class ConvClassifier(_Network):
         self.kernel_size = int(kernel_size)
         self.activation = activation
         # === Layers ===
-        self.convs = [
-            layers.Conv2D(f, self.kernel_size, strides=2, padding="same", activation=activation)
-            for f in self.conv_filters
-        ]
+        self.convs = strided_convs(self.conv_filters, self.kernel_size, activation)
         self.flatten = layers.Flatten()
         self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
         self.logits = layers.Dense(self.num_classes, name="logits")

@@ -17,6 +17,11 @@ def _stack(x, stack):
     return x
 
 
+def strided_convs(filters, kernel_size: int, activation) -> list:
+    """One stride-2 "same" convolution per filter count: each halves H and W (encoder order)."""
+    return [layers.Conv2D(f, kernel_size, strides=2, padding="same", activation=activation) for f in filters]
+
+
 def _with_condition(h, condition):
     """Appends the condition vector to the features: (B, F), (B, C) -> (B, F + C)."""
     if condition is None:
@@ -170,10 +175,7 @@ class ConvEncoder(_Network):
         self.kernel_size = int(kernel_size)
         self.activation = activation
         # === Layers ===
-        self.convs = [
-            layers.Conv2D(f, self.kernel_size, strides=2, padding="same", activation=activation)
-            for f in self.conv_filters
-        ]
+        self.convs = strided_convs(self.conv_filters, self.kernel_size, activation)
         self.flatten = layers.Flatten()
         self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
         self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
