@@ -12,6 +12,8 @@ _WHERE = {
     "CVAE": "model.cvae",
     "ConvClassifier": "model.classifiers",
     "HalfCondition": "model.conditions",
+    "HierarchicalVAE": "model.hierarchical",
+    "PseudoInputs": "model.priors",
     "LabelCondition": "model.conditions",
     "M2": "model.m2",
     "MLPClassifier": "model.classifiers",

@@ -6,13 +6,18 @@ import dataclasses
 
 from core.config import ConfigBase, ConfigError, require, require_choice
 
-__all__ = ["ARCHITECTURES", "CONDITIONS", "HALF_CONDITIONS", "KINDS", "LIKELIHOODS", "ConfigBase",
+__all__ = ["ARCHITECTURES", "BLOCKS", "CONDITIONS", "HALF_CONDITIONS", "KINDS", "LIKELIHOODS", "PRIORS", "ConfigBase",
            "ConfigError", "ModelConfig"]
 
 ARCHITECTURES = ("mlp", "conv")
+# Hidden blocks of the MLP networks (model.networks.BLOCKS): plain, gated or residual dense.
+BLOCKS = ("dense", "gated", "residual")
 LIKELIHOODS = ("bernoulli", "gaussian")
 # vae: p(x|z); cvae: q(z|x,y), p(x|z,y); m2: the cvae on labels plus a classifier q(y|x).
 KINDS = ("vae", "cvae", "m2")
+# The prior over the (top) latent layer: N(0, I), or the VampPrior, a mixture of the
+# encoder's posteriors at learned pseudo-inputs (model/priors.py).
+PRIORS = ("gaussian", "vamp")
 # What a cvae is conditioned on: the class label, or one observed half of the image (the
 # model's x is then the other half).
 HALF_CONDITIONS = ("left_half", "right_half", "top_half", "bottom_half")
@@ -33,6 +38,9 @@ class ModelConfig(ConfigBase):
         conv_filters: filters of the stride-2 convolutions (encoder order).
         kernel_size: convolution kernel size.
         activation: hidden activation (any Keras activation name).
+        block: the MLP's hidden layers: `"dense"`, `"gated"` (act(Wx) * sigmoid(Vx), the
+            VampPrior paper's GatedDense) or `"residual"` (a dense layer plus a residual
+            dense correction); `"dense"` for the conv architecture.
         likelihood: decoder distribution, `"bernoulli"` (logits) or `"gaussian"`.
         gaussian_log_scale: initial (or fixed) log standard deviation of the Gaussian.
         learn_gaussian_scale: learn the Gaussian log-scale (one scalar) by SGD.
@@ -50,6 +58,16 @@ class ModelConfig(ConfigBase):
             here). None: the training pipeline fills in 0.1 * (N / N_labelled)^2, which
             measured better with few labels (`pipelines.train.inputs.resolve_model`); an
             M2 built directly needs a number.
+        train_samples: k of the training objective: 1 is the ELBO, k > 1 the IWAE bound
+            -log (1/k) sum_i p(x, z_i) / q(z_i|x) (kinds vae and cvae). The model reads
+            it from the attribute `model.train_samples` when a step is traced, so a
+            trainer may change k for the last part of a run.
+        prior: `"gaussian"` (N(0, I)) or `"vamp"` (the VampPrior, kind vae only).
+        pseudo_inputs: K, the VampPrior's number of learned pseudo-inputs (used only
+            with `prior="vamp"`).
+        stochastic_layers: 1, or 2 for the two-layer HVAE q(z2|x) q(z1|x, z2),
+            p(z2) p(z1|z2) p(x|z1, z2) (kind vae only; both layers have `latent_dim`
+            units; `model/hierarchical.py`).
     """
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
@@ -59,6 +77,7 @@ class ModelConfig(ConfigBase):
     conv_filters: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
     activation: str = "relu"
+    block: str = "dense"
     likelihood: str = "bernoulli"
     gaussian_log_scale: float = 0.0
     learn_gaussian_scale: bool = True
@@ -68,6 +87,10 @@ class ModelConfig(ConfigBase):
     condition: str = "label"
     num_classes: int = 10
     alpha: float | None = None
+    train_samples: int = 1
+    prior: str = "gaussian"
+    pseudo_inputs: int = 500
+    stochastic_layers: int = 1
 
     @property
     def labels_condition(self) -> bool:
@@ -92,6 +115,9 @@ class ModelConfig(ConfigBase):
         require(self, "kernel_size", isinstance(self.kernel_size, int) and self.kernel_size > 0,
                 "must be a positive integer")
         require_choice(self, "likelihood", LIKELIHOODS)
+        require_choice(self, "block", BLOCKS)
+        require(self, "block", self.block == "dense" or self.architecture == "mlp",
+                "must be 'dense' for model.architecture='conv'")
         require(self, "beta", self.beta >= 0, "must be >= 0")
         require(self, "kl_warmup_steps", isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
                 "must be an integer >= 0")
@@ -105,6 +131,18 @@ class ModelConfig(ConfigBase):
                 "must be an integer >= 2")
         require(self, "alpha", self.alpha is None or self.alpha >= 0, "must be >= 0 or null")
         require(self, "alpha", self.alpha is None or self.kind == "m2", "is only used by model.kind='m2'")
+        require(self, "train_samples", isinstance(self.train_samples, int) and self.train_samples >= 1,
+                "must be an integer >= 1")
+        require(self, "train_samples", self.train_samples == 1 or self.kind in ("vae", "cvae"),
+                f"must be 1 for model.kind={self.kind!r} (IWAE training supports kinds vae and cvae)")
+        require_choice(self, "prior", PRIORS)
+        require(self, "prior", self.prior == "gaussian" or self.kind == "vae",
+                f"must be 'gaussian' for model.kind={self.kind!r} (the VampPrior supports kind vae only)")
+        require(self, "pseudo_inputs", isinstance(self.pseudo_inputs, int) and self.pseudo_inputs >= 1,
+                "must be a positive integer")
+        require_choice(self, "stochastic_layers", (1, 2))
+        require(self, "stochastic_layers", self.stochastic_layers == 1 or self.kind == "vae",
+                f"must be 1 for model.kind={self.kind!r} (two stochastic layers support kind vae only)")
         if self.condition in HALF_CONDITIONS:
             axis = 0 if self.condition in ("top_half", "bottom_half") else 1  # rows or columns
             require(self, "image_shape", self.image_shape[axis] >= 2,

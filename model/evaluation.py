@@ -14,10 +14,12 @@ import math
 import tensorflow as tf
 from keras import ops
 
-from model import losses
+from model import losses, priors
 
 # Decoder outputs held in memory at once by the IWAE loop (float32 values): 2^25 = 128 MiB.
 IWAE_MEMORY_BUDGET = 2**25
+# The fixed draw of a Monte Carlo KL per unit (VampPrior, two layers): reproducible reports.
+KL_UNIT_SEED = (0, 0)
 
 
 def as_seed(seed) -> tf.Tensor:
@@ -33,11 +35,24 @@ def _posterior_draws(z_mean, z_log_var, num, seed):
     return z_mean[None] + ops.exp(0.5 * z_log_var)[None] * eps
 
 
+def _latent_kl(model, z, z_mean, z_log_var):
+    """The model's KL term of one draw (`latent_kl`: closed form or Monte Carlo): -> (B,)."""
+    if hasattr(model, "latent_kl"):
+        return model.latent_kl(z, z_mean, z_log_var)
+    return losses.kl_divergence(z_mean, z_log_var)
+
+
+def _log_prior(model):
+    """z (..., D) -> log p(z): the model's prior (`prior_log_density`), N(0, I) by default."""
+    return model.prior_log_density() if hasattr(model, "prior_log_density") else losses.log_standard_normal
+
+
 def negative_elbo(model, images, seed=0, condition=None):
     """The single-sample negative ELBO of each x (given c), with beta = 1: -> (B,).
 
     Args:
-        model: anything with `posterior`, `decode_params` and `likelihood`.
+        model: anything with `posterior`, `decode_params` and `likelihood` (and
+            `latent_kl` for a prior other than N(0, I)).
         images: the model's x, (B, H, W, C).
         seed: an int or an int64[2] tensor.
         condition: the condition vectors (B, C), or None.
@@ -46,7 +61,14 @@ def negative_elbo(model, images, seed=0, condition=None):
     z_mean, z_log_var = model.posterior(images, condition)
     z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
     reconstruction = model.likelihood.nll(images, model.decode_params(z, condition))
-    return reconstruction + losses.kl_divergence(z_mean, z_log_var)
+    return reconstruction + _latent_kl(model, z, z_mean, z_log_var)
+
+
+def elbo_kl(model, images, seed=0, condition=None):
+    """The KL part of `negative_elbo` for the same seed (the same draw z): -> (B,)."""
+    z_mean, z_log_var = model.posterior(tf.convert_to_tensor(images, tf.float32), condition)
+    z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
+    return _latent_kl(model, z, z_mean, z_log_var)
 
 
 def iwae_chunk_size(batch: int, image_shape, num_samples: int) -> int:
@@ -74,6 +96,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     images = tf.convert_to_tensor(images, tf.float32)
     seed = as_seed(seed)
     z_mean, z_log_var = model.posterior(images, condition)  # (B, D)
+    log_prior = _log_prior(model)  # (the VampPrior's components computed once)
     batch = tf.shape(images)[0]
     image_shape = images.shape[1:]
     if chunk_size is None:
@@ -95,7 +118,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
         log_px_z = -tf.reshape(model.likelihood.nll(tiled, params), (count, batch))
         log_w = (
             log_px_z
-            + losses.log_standard_normal(z)
+            + log_prior(z)
             - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
         )  # (c, B)
         chunk_totals.append(tf.reduce_logsumexp(log_w, axis=0))
@@ -103,6 +126,22 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
 
 
 def kl_per_unit(model, images, condition=None):
-    """The closed-form KL of each latent unit for each x (given c): -> (B, D)."""
+    """The KL of each latent unit for each x (given c): -> (B, D).
+
+    Closed form to N(0, I). For the VampPrior, whose mixture does not factorise over
+    units, each unit's KL to its own marginal of the mixture,
+    KL(q(z_d|x) || (1/K) sum_k q(z_d|u_k)), by one fixed draw (`KL_UNIT_SEED`): the
+    entropy of q exact, the cross-entropy by Monte Carlo.
+    """
     z_mean, z_log_var = model.posterior(images, condition)
-    return losses.kl_per_unit(z_mean, z_log_var)
+    components = model.prior_components() if hasattr(model, "prior_components") else None
+    if components is None:
+        return losses.kl_per_unit(z_mean, z_log_var)
+    return mixture_kl_per_unit(z_mean, z_log_var, components)
+
+
+def mixture_kl_per_unit(z_mean, z_log_var, components, seed=KL_UNIT_SEED):
+    """Each unit's KL of q(z|x) to the marginal of a diagonal Gaussian mixture: -> (B, D)."""
+    z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]  # (B, D)
+    negative_entropy = -0.5 * (losses.LOG_2PI + 1.0 + z_log_var)  # E_q log q(z_d|x), exact
+    return negative_entropy - priors.log_marginal_mixture_density(z, *components)

@@ -6,6 +6,8 @@ from model.cvae import CVAE
 from model.m2 import M2
 from model.vae import VAE
 
+# A "vae" config with `stochastic_layers=2` builds `model.hierarchical.HierarchicalVAE`
+# (VAE(config) picks it), so the map stays one class per kind.
 MODEL_CLASSES = {"vae": VAE, "cvae": CVAE, "m2": M2}
 
 

@@ -1,13 +1,22 @@
-"""Encoder and decoder networks: an MLP pair and a convolutional pair, for any H x W x C."""
+"""Encoder and decoder networks: an MLP pair and a convolutional pair, for any H x W x C.
+
+The MLP's hidden layers are blocks of one kind (`BLOCKS`): plain dense layers, gated
+dense layers (h = act(W x + b) * sigmoid(V x + c), as in the VampPrior paper's
+GatedDense) or residual dense blocks (a dense layer, then h + act(W2 h + b2)).
+"""
 
 from __future__ import annotations
 
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from model.layers import PACKAGE
+
+# Kinds of hidden block of the MLP networks (`ModelConfig.block`).
+BLOCKS = ("dense", "gated", "residual")
 
 
 def _stack(x, stack):
@@ -15,6 +24,106 @@ def _stack(x, stack):
     for layer in stack:
         x = layer(x)
     return x
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GatedDense(keras.layers.Layer):
+    """A gated dense layer: act(W x + b) * sigmoid(V x + c), (B, F) -> (B, units).
+
+    The gate learns per unit how much of the feature passes, as in the VampPrior
+    paper's `GatedDense` (there with no activation on the feature: `activation=None`).
+
+    Args:
+        units: output width.
+        activation: activation of the feature path (None: linear).
+
+    Example:
+        >>> h = GatedDense(300)(x)  # (B, F) -> (B, 300)
+    """
+
+    def __init__(self, units: int, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = activation
+        # === Layers ===
+        self.feature = layers.Dense(self.units, activation=activation, name="feature")
+        self.gate = layers.Dense(self.units, activation="sigmoid", name="gate")
+
+    def build(self, input_shape):
+        self.feature.build(input_shape)
+        self.gate.build(input_shape)
+        self.built = True
+
+    def call(self, x):
+        return self.feature(x) * self.gate(x)  # (B, units)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    # === Config ===
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResidualDense(keras.layers.Layer):
+    """A residual dense block: h = act(W1 x + b1), then h + act(W2 h + b2), (B, F) -> (B, units).
+
+    The first layer changes the width, so blocks of any widths chain; the second adds a
+    correction to it through an identity path.
+
+    Args:
+        units: output width.
+        activation: hidden activation.
+
+    Example:
+        >>> h = ResidualDense(256)(x)  # (B, F) -> (B, 256)
+    """
+
+    def __init__(self, units: int, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.activation = activation
+        # === Layers ===
+        self.project = layers.Dense(self.units, activation=activation, name="project")
+        self.residual = layers.Dense(self.units, activation=activation, name="residual")
+
+    def build(self, input_shape):
+        self.project.build(input_shape)
+        self.residual.build((*input_shape[:-1], self.units))
+        self.built = True
+
+    def call(self, x):
+        h = self.project(x)  # (B, units)
+        return h + self.residual(h)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    # === Config ===
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation}
+
+
+def hidden_blocks(hidden_units, activation, block: str = "dense") -> list:
+    """One hidden layer of kind `block` (`BLOCKS`) per width, in the given order."""
+    if block == "dense":
+        return [layers.Dense(u, activation=activation) for u in hidden_units]
+    if block == "gated":
+        return [GatedDense(u, activation=activation) for u in hidden_units]
+    if block == "residual":
+        return [ResidualDense(u, activation=activation) for u in hidden_units]
+    raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+
+
+def set_output_bias(layer, value) -> None:
+    """Sets the bias of a network's output layer to `value` (a scalar, or one value per
+    output unit, e.g. the logit of the mean training image per pixel)."""
+    bias = layer.bias
+    value = np.asarray(value, "float32")
+    if value.size > 1:
+        value = value.reshape(-1)  # (H, W, C) -> (H*W*C,), the order of the output units
+    bias.assign(np.broadcast_to(value, tuple(bias.shape)).astype(bias.dtype))
 
 
 def strided_convs(filters, kernel_size: int, activation) -> list:
@@ -63,6 +172,7 @@ class MLPEncoder(_Network):
         hidden_units: widths of the hidden layers.
         activation: hidden activation.
         condition_dim: size of the condition vector y of q(z|x, y) (0: unconditional).
+        block: kind of hidden layer, one of `BLOCKS` ("dense", "gated", "residual").
 
     Example:
         >>> z_mean, z_log_var = MLPEncoder(2, (64,))(images)  # (B, 2), (B, 2)
@@ -70,15 +180,16 @@ class MLPEncoder(_Network):
     """
 
     def __init__(self, latent_dim: int, hidden_units=(512, 256), activation="relu",
-                 condition_dim: int = 0, **kwargs):
+                 condition_dim: int = 0, block: str = "dense", **kwargs):
         super().__init__(**kwargs)
         self.latent_dim = int(latent_dim)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
         self.condition_dim = int(condition_dim)
+        self.block = block
         # === Layers ===
         self.flatten = layers.Flatten()
-        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units]
+        self.hidden = hidden_blocks(self.hidden_units, activation, block)
         self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
         self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
 
@@ -98,6 +209,7 @@ class MLPEncoder(_Network):
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
             "condition_dim": self.condition_dim,
+            "block": self.block,
         }
 
 
@@ -110,23 +222,29 @@ class MLPDecoder(_Network):
         hidden_units: widths of the hidden layers, in encoder order (used reversed).
         activation: hidden activation.
         condition_dim: size of the condition vector y of p(x|z, y) (0: unconditional).
+        block: kind of hidden layer, one of `BLOCKS` ("dense", "gated", "residual").
     """
 
     def __init__(self, image_shape, hidden_units=(512, 256), activation="relu",
-                 condition_dim: int = 0, **kwargs):
+                 condition_dim: int = 0, block: str = "dense", **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.hidden_units = tuple(int(u) for u in hidden_units)
         self.activation = activation
         self.condition_dim = int(condition_dim)
+        self.block = block
         # === Layers ===
-        self.hidden = [layers.Dense(u, activation=activation) for u in reversed(self.hidden_units)]
+        self.hidden = hidden_blocks(tuple(reversed(self.hidden_units)), activation, block)
         self.out = layers.Dense(math.prod(self.image_shape), name="pixels")
         self.reshape = layers.Reshape(self.image_shape)
 
     def call(self, z, condition=None):
         h = _stack(_with_condition(z, condition), self.hidden)  # (B, units)
         return self.reshape(self.out(h))  # (B, H, W, C)
+
+    def set_output_bias(self, value) -> None:
+        """Sets the per-pixel output bias: a scalar or an (H, W, C) array of logits (or means)."""
+        set_output_bias(self.out, value)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.image_shape)
@@ -139,6 +257,7 @@ class MLPDecoder(_Network):
             "hidden_units": list(self.hidden_units),
             "activation": self.activation,
             "condition_dim": self.condition_dim,
+            "block": self.block,
         }
 
 
@@ -259,6 +378,14 @@ class ConvDecoder(_Network):
         h = self.reshape(self.project(h))  # (B, H/2^n, W/2^n, F)
         h = _stack(h, self.deconvs)  # (B, >=H, >=W, F0)
         return self.out(self.crop(h))  # (B, H, W, C)
+
+    def set_output_bias(self, value) -> None:
+        """Sets the per-channel output bias from a scalar or an (H, W, C) array (its
+        mean over pixels, one value per channel: a convolution's bias is per channel)."""
+        value = np.asarray(value, "float32")
+        if value.ndim == 3:
+            value = value.mean(axis=(0, 1))  # (C,)
+        set_output_bias(self.out, value)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.image_shape)

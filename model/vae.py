@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
+import tensorflow as tf
 from keras import ops
 
-from model import evaluation, losses
+from model import evaluation, losses, priors
 from model.config import ModelConfig
 from model.layers import PACKAGE, BernoulliLikelihood, GaussianLikelihood, Sampling
 from model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
@@ -23,9 +26,9 @@ def build_networks(config: ModelConfig, x_shape=None, condition_dim: int = 0):
     if config.architecture == "mlp":
         return (
             MLPEncoder(config.latent_dim, config.hidden_units, config.activation,
-                       condition_dim=condition_dim, name="encoder"),
+                       condition_dim=condition_dim, block=config.block, name="encoder"),
             MLPDecoder(x_shape, config.hidden_units, config.activation,
-                       condition_dim=condition_dim, name="decoder"),
+                       condition_dim=condition_dim, block=config.block, name="decoder"),
         )
     conv = dict(
         conv_filters=config.conv_filters,
@@ -58,6 +61,15 @@ def split_batch(batch):
     return batch, None
 
 
+def importance_terms(log_px_z, log_ratio, weight, kl) -> dict:
+    """`loss_terms` of the k-sample objective from (k, B) log p(x|z_i) and log p(z_i) -
+    log q(z_i|x): loss = -log (1/k) sum_i exp(log p(x|z_i) + weight * log_ratio_i)."""
+    k = log_px_z.shape[0]
+    log_w = log_px_z + weight * log_ratio  # (k, B)
+    loss = -(ops.logsumexp(log_w, axis=0) - math.log(k))
+    return {"loss": loss, "reconstruction": -ops.mean(log_px_z, axis=0), "kl": kl}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class VAE(keras.Model):
     """A variational autoencoder trained on the negative ELBO.
@@ -77,6 +89,20 @@ class VAE(keras.Model):
     negative ELBO in nats per example. `fit` reports `loss`, `reconstruction` and `kl`
     (the unweighted KL).
 
+    Importance-weighted training (`train_samples` k > 1, read from the plain attribute
+    `self.train_samples` when a step is traced): k draws z_i ~ q(z|x) per example, and
+    the whole bound lives in `loss`, -log (1/k) sum_i exp(log p(x|z_i) + w (log p(z_i)
+    - log q(z_i|x))) with w the KL weight (1 in evaluation: the IWAE bound); `add_loss`
+    then carries 0, so `mean(loss) + sum(self.losses)` is still the objective. The
+    reported `reconstruction` is -log p(x|z_i) averaged over the k draws and `kl` the
+    KL as with k = 1 (their sum is the k-draw ELBO, above `loss`). k = 1 is the ELBO
+    path unchanged.
+
+    Priors (`model_config.prior`): N(0, I) with the KL in closed form, or the VampPrior
+    (`model.priors`), p(z) = (1/K) sum_k q(z|u_k) at K learned pseudo-inputs u_k, with
+    the KL by Monte Carlo, log q(z|x) - log p(z) at the drawn z. A config with
+    `stochastic_layers=2` builds the two-layer `model.hierarchical.HierarchicalVAE`.
+
     Args:
         model_config: a `ModelConfig` (or its dict).
         seed: seed of the sampling noise.
@@ -91,6 +117,17 @@ class VAE(keras.Model):
     # The keys of `loss_terms`, in the order a trainer logs them.
     LOSS_TERMS = ("loss", "reconstruction", "kl")
 
+    def __new__(cls, *args, **kwargs):
+        # VAE(config) with two stochastic layers is the hierarchical model (same kind).
+        config = args[0] if args else kwargs.get("model_config")
+        layers = (config or {}).get("stochastic_layers", 1) if isinstance(config, dict) or config is None \
+            else config.stochastic_layers
+        if cls is VAE and layers == 2:
+            from model.hierarchical import HierarchicalVAE
+
+            cls = HierarchicalVAE
+        return super().__new__(cls, *args, **kwargs)
+
     def __init__(self, model_config: ModelConfig | dict | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if model_config is None:
@@ -102,9 +139,14 @@ class VAE(keras.Model):
         self.condition = self.make_condition()
         # === Layers ===
         condition_dim = self.condition.dim if self.condition is not None else 0
-        self.encoder, self.decoder = build_networks(model_config, self.x_shape, condition_dim)
+        self.encoder, self.decoder = self.make_networks(condition_dim)
         self.sampling = Sampling(seed=seed, name="sampling", dtype="float32")
         self.likelihood = build_likelihood(model_config)
+        if model_config.prior == "vamp":
+            self.pseudo_inputs = priors.PseudoInputs(
+                model_config.pseudo_inputs, self.x_shape, name="pseudo_inputs", dtype="float32")
+        # k of the training objective, read when a step is traced (a trainer may change it).
+        self.train_samples = int(model_config.train_samples)
         # === Metrics ===
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -127,6 +169,10 @@ class VAE(keras.Model):
         """What the model is conditioned on (`model.conditions`); None: unconditional."""
         return None
 
+    def make_networks(self, condition_dim: int):
+        """(encoder, decoder): q(z|x[, c]) and p(x|z[, c]) (`build_networks`)."""
+        return build_networks(self.model_config, self.x_shape, condition_dim)
+
     def inputs_of(self, images, labels=None):
         """(x, c): what the networks see of a batch; c is None for an unconditional model."""
         images = ops.convert_to_tensor(images, "float32")
@@ -143,6 +189,11 @@ class VAE(keras.Model):
         """The weight of the KL term: beta with warm-up while training, 1 otherwise."""
         if not training:
             return ops.convert_to_tensor(1.0, "float32")
+        # A trainer's warm-up by the fraction of the run done (pipelines/train/trainer.py,
+        # `train.kl_warmup_fraction`): a callable giving the ramp's value in [0, 1].
+        run_warmup = getattr(self, "kl_warmup_ramp", None)
+        if run_warmup is not None:
+            return ops.cast(run_warmup(), "float32") * self.model_config.beta
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None or self.model_config.kl_warmup_steps == 0:
             return ops.convert_to_tensor(self.model_config.beta, "float32")
@@ -162,11 +213,32 @@ class VAE(keras.Model):
         # The networks may compute in float16/bfloat16 (mixed precision); posterior and
         # decode_params hand float32 to the sampling, the KL and the likelihood.
         z_mean, z_log_var = self.posterior(x, c)  # (B, D), (B, D)
+        if int(self.train_samples) > 1:
+            return self._importance_call(x, c, z_mean, z_log_var, int(self.train_samples), training, seed)
         z = self.sampling([z_mean, z_log_var], seed=seed)  # (B, D)
         params = self.decode_params(z, c)  # (B, H, W, C) of x
-        kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
+        kl = self.latent_kl(z, z_mean, z_log_var)  # (B,)
         self.add_loss(ops.cast(self.kl_weight(training), kl.dtype) * ops.mean(kl))
         return {"params": params, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl, "x": x}
+
+    def _importance_call(self, x, c, z_mean, z_log_var, k: int, training, seed):
+        """The forward pass of the k-sample objective: k draws per example, decoded at once."""
+        batch = ops.shape(z_mean)[0]
+        z = self.sampling([ops.broadcast_to(z_mean[None], (k, batch, self.latent_dim)),
+                           ops.broadcast_to(z_log_var[None], (k, batch, self.latent_dim))], seed=seed)  # (k, B, D)
+        tiled_x = ops.reshape(ops.broadcast_to(x[None], (k, *ops.shape(x))), (-1, *x.shape[1:]))  # (k*B, ...)
+        tiled_c = None if c is None else ops.tile(c, [k, 1])  # (k*B, C)
+        params = self.decode_params(ops.reshape(z, (-1, self.latent_dim)), tiled_c)  # (k*B, H, W, C)
+        log_px_z = -ops.reshape(self.likelihood.nll(tiled_x, params), (k, -1))  # (k, B)
+        log_ratio = self.prior_log_density()(z) - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
+        if self.model_config.prior == "gaussian":
+            kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
+        else:
+            kl = -ops.mean(log_ratio, axis=0)  # (B,), Monte Carlo over the k draws
+        self.add_loss(ops.zeros((), "float32"))  # the bound is all in `loss`
+        weight = ops.cast(self.kl_weight(training), "float32")
+        return {"z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl, "x": x,
+                "log_px_z": log_px_z, "log_ratio": log_ratio, "kl_weight": weight}
 
     # === The objective ===
     def loss_terms(self, batch, training=False, seed=None) -> dict:
@@ -174,7 +246,8 @@ class VAE(keras.Model):
 
         Runs the forward pass (which adds the weighted KL to `self.losses`) and returns
         `LOSS_TERMS`, each (B,) float32: `loss`, the per-example part of the objective
-        (here -log p(x|z), summed over pixels), and what the model reports,
+        (here -log p(x|z), summed over pixels; with `train_samples` k > 1 the negative
+        IWAE bound), and what the model reports,
         `reconstruction` and the unweighted `kl`. The whole objective is
         `mean(loss) + sum(self.losses)`.
 
@@ -187,6 +260,9 @@ class VAE(keras.Model):
 
     def terms_of(self, batch, outputs) -> dict:
         """`loss_terms` from the outputs of a forward pass already run on `batch`."""
+        if "log_px_z" in outputs:  # k > 1: the importance-weighted bound
+            return importance_terms(outputs["log_px_z"], outputs["log_ratio"], outputs["kl_weight"],
+                                    outputs["kl"])
         reconstruction = self.likelihood.nll(outputs["x"], outputs["params"])  # (B,)
         return {"loss": reconstruction, "reconstruction": reconstruction, "kl": outputs["kl"]}
 
@@ -222,19 +298,80 @@ class VAE(keras.Model):
         x, c = self.inputs_of(images, labels)
         return evaluation.kl_per_unit(self, x, c)
 
+    def kl_term(self, images, seed=0, labels=None):
+        """The KL part of `negative_elbo` (same seed, same draw): -> (B,) nats."""
+        x, c = self.inputs_of(images, labels)
+        return evaluation.elbo_kl(self, x, seed, c)
+
     def evaluation_terms(self, images, labels=None, num_samples: int = 1000, seed=0,
                          chunk_size: int | None = None) -> dict:
         """Per-example test metrics of a batch, which `pipelines.evaluate` averages.
 
         Returns:
-            `nelbo` and `iwae_nll` (B,) nats, and `kl_per_unit` (B, D); subclasses add
-            their own (M2: the marginal -log p(x) and the classifier's accuracy).
+            `nelbo` and `iwae_nll` (B,) nats, and `kl_per_unit` (B, units;
+            `latent_layers` says which units belong to which layer); where the units'
+            KLs do not sum to the ELBO's KL (VampPrior, two layers), `kl` (B,), the KL
+            part of `nelbo`. Subclasses add their own (M2: the marginal -log p(x) and
+            the classifier's accuracy).
         """
-        return {
+        terms = {
             "nelbo": self.negative_elbo(images, seed, labels=labels),
             "iwae_nll": -self.log_likelihood(images, num_samples, seed, chunk_size, labels=labels),
             "kl_per_unit": self.kl_per_unit(images, labels=labels),
         }
+        if self.model_config.prior != "gaussian" or self.model_config.stochastic_layers > 1:
+            terms["kl"] = self.kl_term(images, seed, labels=labels)
+        return terms
+
+    @property
+    def latent_layers(self) -> tuple[tuple[str, int], ...]:
+        """(name, units) of each stochastic layer, in the order of `kl_per_unit`'s units."""
+        return (("z", self.latent_dim),)
+
+    # === The prior ===
+    def prior_components(self):
+        """The VampPrior's components q(z|u_k), (means, log_vars) each (K, D); None for N(0, I)."""
+        if self.model_config.prior != "vamp":
+            return None
+        return self.posterior(self.pseudo_inputs())
+
+    def prior_log_density(self):
+        """z (..., D) -> log p(z) (...), a function (the mixture's components computed once)."""
+        components = self.prior_components()
+        if components is None:
+            return losses.log_standard_normal
+        return lambda z: priors.log_mixture_density(z, *components)
+
+    def latent_kl(self, z, z_mean, z_log_var):
+        """The KL term of one draw z ~ q(z|x): closed form to N(0, I), or by Monte Carlo,
+        log q(z|x) - log p(z), for the VampPrior: -> (B,)."""
+        if self.model_config.prior == "gaussian":
+            return losses.kl_divergence(z_mean, z_log_var)
+        return losses.log_diag_normal(z, z_mean, z_log_var) - self.prior_log_density()(z)
+
+    @property
+    def draw_dim(self) -> int:
+        """Width of `prior_draw`'s rows."""
+        return self.latent_dim
+
+    def prior_draw(self, num_samples, seed, temperature=1.0):
+        """The draws behind `generate`, stateless from an int64[2] seed: -> (N, draw_dim).
+
+        N(0, I): z = temperature * eps. VampPrior: a pseudo-input u_k picked uniformly
+        (from the seed folded with 1), then z = mu(u_k) + temperature * sigma(u_k) * eps.
+        """
+        seed = evaluation.as_seed(seed)
+        eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), seed) * temperature
+        if self.model_config.prior == "gaussian":
+            return eps
+        index = priors.draw_components(num_samples, self.model_config.pseudo_inputs,
+                                       tf.random.experimental.stateless_fold_in(seed, 1))
+        mean, log_var = self.posterior(self.pseudo_inputs(index))  # (N, D)
+        return mean + ops.exp(0.5 * log_var) * eps
+
+    def decode_draw(self, draw):
+        """`prior_draw` rows -> (decoder mean images (N, H, W, C), the codes z (N, D))."""
+        return self.decode(draw), draw
 
     # === Public methods ===
     def posterior(self, x, condition=None):
@@ -268,9 +405,14 @@ class VAE(keras.Model):
         return x_mean if self.condition is None else self.condition.assemble(images, x_mean)
 
     def sample(self, num_samples: int, seed=None, temperature: float = 1.0):
-        """Draws z ~ N(0, temperature^2 I) and decodes it: -> (num_samples, H, W, C)."""
-        z = keras.random.normal((num_samples, self.latent_dim), seed=seed) * temperature
-        return self.decode(z)
+        """Draws z from the prior (N(0, temperature^2 I), or the VampPrior's mixture) and
+        decodes it: -> (num_samples, H, W, C)."""
+        if self.model_config.prior == "gaussian" and self.model_config.stochastic_layers == 1:
+            z = keras.random.normal((num_samples, self.latent_dim), seed=seed) * temperature
+            return self.decode(z)
+        if seed is None:
+            seed = tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int64)
+        return self.decode_draw(self.prior_draw(num_samples, seed, temperature))[0]
 
     # === Config ===
     def get_config(self):
@@ -280,3 +422,7 @@ class VAE(keras.Model):
             "seed": self.seed,
         }
 
+
+# VAE(config) builds the two-layer model for `stochastic_layers=2`: register it wherever
+# the VAE is (a `.keras` file of one reloads after `from model import VAE`).
+from model import hierarchical  # noqa: E402,F401

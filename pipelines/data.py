@@ -163,6 +163,9 @@ def _decode(config: DataConfig, shape):
 
 
 def _to_float(images):
+    """uint8 0..255 -> float32 0..1; float32 images (own data streamed) pass unchanged."""
+    if images.dtype == tf.float32:
+        return images
     return tf.cast(images, tf.float32) / 255.0
 
 
@@ -196,7 +199,9 @@ def class_names(builder) -> list[str] | None:
 def dataset_class_names(config: DataConfig) -> list[str] | None:
     """`class_names` of `config.dataset` from its tfds builder's info, without preparing or
     reading the data; None when the builder cannot be made here (the export then numbers
-    the classes)."""
+    the classes). Own data: the names the run recorded (`config.class_names`)."""
+    if config.own:
+        return list(config.class_names) if config.class_names else None
     try:
         return class_names(tfds.builder(config.dataset, data_dir=config.data_dir))
     except Exception as err:  # an unknown or unreadable dataset: the names are a nicety
@@ -236,7 +241,15 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
             example[0], tf.where(mask[index], example[1], unlabelled)))
     if config.cache:
         ds = ds.cache()
-    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return shuffled_batches(ds, batch_size, binarize=binarize, seed=seed, repeat=repeat,
+                            shuffle_buffer=config.shuffle_buffer)
+
+
+def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int, repeat: bool,
+                     shuffle_buffer: int) -> tf.data.Dataset:
+    """(image, label) examples (uint8 or float32 images) -> shuffled batches of (images in
+    [0, 1], labels), each binarised anew with `binarize` (see `training_dataset`)."""
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=repeat, num_parallel_calls=tf.data.AUTOTUNE)
@@ -277,14 +290,26 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     """
     shape = image_shape(builder, config)
     count = num_examples(builder, split)
-    steps = count // batch_size
-    if steps < 1:
+    if count < batch_size:
         raise DataError(f"split {split!r} has fewer examples than one batch of {batch_size}")
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE).batch(count)
     images, labels = next(iter(ds))  # (N, H, W, C) uint8, (N,)
     if labelled is not None:
         labels = tf.where(tf.constant(labelled, tf.bool), labels, tf.constant(-1, tf.int64))
+    return in_memory_batches(images, labels, batch_size, binarize=binarize, seed=seed)
+
+
+def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: int) -> tf.data.Dataset:
+    """Repeated batches gathered by index from images held in memory ((N, H, W, C) uint8 or
+    float32, (N,) int64 labels): a fresh permutation every epoch, fresh binarisations
+    (see `in_memory_training_dataset`)."""
+    images = tf.convert_to_tensor(images)
+    labels = tf.convert_to_tensor(labels, tf.int64)
+    count = int(images.shape[0])
+    steps = count // batch_size
+    if steps < 1:
+        raise DataError(f"the training images ({count}) are fewer than one batch of {batch_size}")
     seed = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch):
@@ -313,6 +338,12 @@ def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int,
     if limit is not None:
         ds = ds.take(limit)
     ds = ds.map(_decode(config, shape), num_parallel_calls=tf.data.AUTOTUNE)
+    return fixed_batches(ds, batch_size, binarize=binarize, seed=seed, cache=config.cache)
+
+
+def fixed_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int,
+                  cache: bool) -> tf.data.Dataset:
+    """(image, label) examples -> batches in their order, binarised once by (seed, index)."""
 
     def prepare(index, example):
         image, label = example
@@ -322,6 +353,6 @@ def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int,
         return x, label
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    if config.cache:
+    if cache:
         ds = ds.cache()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

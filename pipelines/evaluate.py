@@ -29,7 +29,9 @@ def evaluate(vae, dataset: tf.data.Dataset, *, iwae_k: int, batch_size: int, see
         for a conditional model), `test_reconstruction`, `test_kl`, `kl_per_unit`,
         `active_units`, `eval_examples` and `eval_seconds`, plus `test_<name>` for every
         other per-example term the model reports (M2: `test_marginal_nelbo`,
-        `test_marginal_iwae_nll` of -log p(x), and `test_accuracy`).
+        `test_marginal_iwae_nll` of -log p(x), and `test_accuracy`). A model with more
+        than one stochastic layer (`vae.latent_layers`) also gets `active_units_<layer>`
+        and `test_kl_<layer>` (the sum of that layer's units' KLs) for each layer.
     """
     shape = vae.image_shape
     chunk = evaluation.iwae_chunk_size(batch_size, shape, iwae_k)
@@ -58,7 +60,9 @@ def evaluate(vae, dataset: tf.data.Dataset, *, iwae_k: int, batch_size: int, see
         raise ValueError("the evaluation split is empty")
     means = {name: value / count for name, value in totals.items()}
     kl_per_unit = means.pop("kl_per_unit")
-    nelbo, kl_mean = float(means.pop("nelbo")), float(kl_per_unit.sum())
+    nelbo = float(means.pop("nelbo"))
+    # The ELBO's KL: reported by the model when the units' KLs do not add up to it.
+    kl_mean = float(means.pop("kl")) if "kl" in means else float(kl_per_unit.sum())
     return {
         "test_nelbo": nelbo,
         "test_iwae_nll": float(means.pop("iwae_nll")),
@@ -68,9 +72,24 @@ def evaluate(vae, dataset: tf.data.Dataset, *, iwae_k: int, batch_size: int, see
         "iwae_k": iwae_k,
         "kl_per_unit": [float(v) for v in kl_per_unit],
         "active_units": int(np.sum(kl_per_unit > ACTIVE_UNIT_THRESHOLD)),
+        **layer_units(kl_per_unit, getattr(vae, "latent_layers", ())),
         "eval_examples": count,
         "eval_seconds": time.perf_counter() - start,
     }
+
+
+def layer_units(kl_per_unit, latent_layers) -> dict:
+    """`active_units_<layer>` and `test_kl_<layer>` of each stochastic layer of a model
+    with more than one (`latent_layers`: (name, units) in the order of the units)."""
+    if len(latent_layers) < 2:
+        return {}
+    out, start = {}, 0
+    for name, units in latent_layers:
+        part = np.asarray(kl_per_unit[start:start + units])
+        out[f"active_units_{name}"] = int(np.sum(part > ACTIVE_UNIT_THRESHOLD))
+        out[f"test_kl_{name}"] = float(part.sum())
+        start += units
+    return out
 
 
 def bits_per_dim(nats: float, image_shape) -> float:

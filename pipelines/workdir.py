@@ -4,6 +4,8 @@ A run folder is what `vae train` writes, and what `vae tune` writes for each tri
 for its best model:
 
     config.json      the resolved RunConfig (written before training starts)
+    source.json      own data: the files with their sizes and hashes, the classes, the
+                     skipped bad inputs and the images of each split (checked on resume)
     labelled.json    semi-supervised (m2) runs: which training images kept their label
     checkpoints/     model, optimizer and progress while a run is unfinished
     logs/            TensorBoard: the model's loss terms, KL per latent unit, samples
@@ -31,7 +33,7 @@ from core.files import read_json, write_json_atomic
 from serving import contract as C
 
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "EXPORT_DIR", "HISTORY_FILE", "LABELLED_FILE", "LOG_DIR",
-           "METRICS_FILE", "MODEL_FILE", "History", "WorkdirError", "differences", "prepare", "read_json",
+           "METRICS_FILE", "MODEL_FILE", "SOURCE_FILE", "History", "WorkdirError", "differences", "prepare", "read_json",
            "save_model_atomic", "write_json_atomic"]
 
 # === Layout ===
@@ -40,6 +42,7 @@ METRICS_FILE = C.METRICS_FILE
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 LABELLED_FILE = "labelled.json"
+SOURCE_FILE = "source.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 EXPORT_DIR = "exports"
@@ -104,19 +107,21 @@ def refuse_finished(workdir: Path, marker: str, what: str, kept: str = "") -> No
             f"again there{kept}, or choose another --workdir")
 
 
-def prepare(workdir: Path, config, overwrite: bool) -> None:
-    """Makes `workdir` ready for a training run of `config` (a RunConfig) and records it.
+def prepare(workdir: Path, config, overwrite: bool, source: dict | None = None) -> None:
+    """Makes `workdir` ready for a training run of `config` (a RunConfig) and records it,
+    with `source` (own data's record: files, sizes, hashes, splits) in source.json.
 
     Raises:
         WorkdirError: it holds a finished run and `overwrite` is off, or an unfinished
-            run of another config.
+            run of another config, or of files that have changed since (named).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         remove(workdir, (METRICS_FILE, MODEL_FILE, HISTORY_FILE, CONFIG_FILE, LABELLED_FILE,
-                         CHECKPOINT_DIR, LOG_DIR))
+                         SOURCE_FILE, CHECKPOINT_DIR, LOG_DIR))
     refuse_finished(workdir, METRICS_FILE, "run")
     if (workdir / CHECKPOINT_DIR).exists():
+        _refuse_changed_files(workdir, source)
         recorded = read_json(workdir / CONFIG_FILE, default=None)
         changed = recorded is not None and differences(recorded, config.to_dict(), RESUMABLE_CHANGES)
         if changed:
@@ -124,6 +129,28 @@ def prepare(workdir: Path, config, overwrite: bool) -> None:
                 f"{workdir} holds an unfinished run with another config ({changed}); run the "
                 f"same command to resume it, or pass --overwrite to start anew")
     config.save(workdir / CONFIG_FILE)
+    if source is not None:
+        write_json_atomic(workdir / SOURCE_FILE, source)
+
+
+def _refuse_changed_files(workdir: Path, source: dict | None) -> None:
+    """Raises WorkdirError naming the files added, removed or changed since the unfinished
+    run in `workdir` recorded its source.json."""
+    recorded = read_json(workdir / SOURCE_FILE, default=None)
+    if recorded is None or source is None:
+        return
+    old, new = recorded.get("files", {}), source.get("files", {})
+    changed = []
+    for path in sorted(old.keys() | new.keys()):
+        if path not in new or path not in old:
+            changed.append(f"{path} ({'removed' if path not in new else 'added'})")
+        elif old[path] != new[path]:
+            changed.append(f"{path} ({'size' if old[path]['bytes'] != new[path]['bytes'] else 'content'} changed)")
+    if changed:
+        shown = ", ".join(changed[:10]) + (f", and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise WorkdirError(
+            f"{workdir} holds an unfinished run of other files: {shown} changed since it started; "
+            f"restore them to resume it, or pass --overwrite to train anew on the files as they are")
 
 
 def save_model_atomic(model, path: Path) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -43,19 +44,27 @@ class BatchingOptions(ConfigBase):
         max_batch_size: rows per batch, across requests (at most the contract's MAX_BATCH).
         batch_timeout_micros: how long the oldest request may wait for a fuller batch.
         max_enqueued_batches: queue limit, in batches of max_batch_size rows.
-        num_batch_threads: batches that run at the same time, per signature.
+        num_batch_threads: batches that run at the same time, per signature; None (the
+            default, as in TF Serving): one per CPU core this process may run on.
     """
 
     max_batch_size: int = 256
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 64
-    num_batch_threads: int = 1
+    num_batch_threads: int | None = None
 
     def __post_init__(self) -> None:
         require(self, "max_batch_size", 1 <= self.max_batch_size <= C.MAX_BATCH, f"must be within [1, {C.MAX_BATCH}]")
         require(self, "batch_timeout_micros", self.batch_timeout_micros >= 0, "must be >= 0")
         require(self, "max_enqueued_batches", self.max_enqueued_batches >= 1, "must be >= 1")
-        require(self, "num_batch_threads", self.num_batch_threads >= 1, "must be >= 1")
+        require(self, "num_batch_threads", self.num_batch_threads is None or self.num_batch_threads >= 1,
+                "must be >= 1")
+
+    @property
+    def batch_threads(self) -> int:
+        """`num_batch_threads`, or the CPU cores this process may run on when it is None
+        (read when a queue starts, so a server confined with `--cpus` counts its own)."""
+        return self.num_batch_threads or len(os.sched_getaffinity(0))
 
     @classmethod
     def from_text(cls, text: str) -> BatchingOptions:
@@ -114,6 +123,7 @@ class _Queue:
         self._tasks: deque[_Task] = deque()
         self._rows = 0
         self._leaders = 0
+        self._threads = options.batch_threads
         self._lock = threading.Lock()
         self._filled = threading.Condition(self._lock)  # a leader waits here for a fuller batch
         self._stopped = False
@@ -143,7 +153,7 @@ class _Queue:
             with self._lock:
                 if task.done:
                     return
-                lead = self._leaders < self.options.num_batch_threads and bool(self._tasks)
+                lead = self._leaders < self._threads and bool(self._tasks)
                 self._leaders += lead
             if lead:
                 self._lead(task)

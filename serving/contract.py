@@ -136,14 +136,17 @@ SIGNATURES: Final[dict[str, SignatureSpec]] = {
                 TensorSpec(TEMPERATURE, "float32", ()),
             ),
             (_IMAGES, _Z),
-            "z ~ N(0, temperature^2 I) drawn statelessly from `seed`, decoded. All three "
-            "inputs are required (TF Serving feeds every signature input).",
+            "z ~ N(0, temperature^2 I) drawn statelessly from `seed`, decoded (a VampPrior "
+            "model draws a pseudo-input, then z from its posterior with the noise scaled by "
+            "the temperature; a two-layer model draws z = z2 so, then z1 ~ p(z1|z2), top-down). "
+            "All three inputs are required (TF Serving feeds every signature input).",
         ),
         SignatureSpec(
             ENCODE,
             (_IMAGES,),
             (TensorSpec(Z_MEAN, "float32", ("N", "D")), TensorSpec(Z_LOG_VAR, "float32", ("N", "D"))),
-            "q(z|x) of images in [0, 1].",
+            "q(z|x) of images in [0, 1]; for a model with two stochastic layers, the top "
+            "layer's q(z2|x) (`decode` then takes z2, with z1 at the mean of p(z1|z2)).",
         ),
         SignatureSpec(DECODE, (_Z,), (_IMAGES,), "The decoder's mean image for each z."),
         SignatureSpec(RECONSTRUCT, (_IMAGES,), (_IMAGES,), "decode(z_mean) of each image."),

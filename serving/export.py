@@ -71,13 +71,28 @@ def _endpoints(vae) -> dict[str, Any]:
 
 
 def _plain_endpoints(vae) -> dict[str, Any]:
-    """The unconditional VAE's signatures (`contract.SIGNATURES`)."""
+    """The unconditional VAE's signatures (`contract.SIGNATURES`).
+
+    Generation goes through the model's `prior_draw(num_samples, seed, temperature)`
+    (rows of `draw_dim` values: N(0, T^2 I) codes, the VampPrior's mixture, or a two-layer
+    model's top code and noise) and `decode_draw(draws)` -> (images, z); a model without
+    them draws z ~ N(0, T^2 I) and decodes it.
+    """
     latent_dim = int(vae.latent_dim)
+    draw_dim = int(getattr(vae, "draw_dim", latent_dim))
     iwae_seed = tf.constant(C.IWAE_SEED, tf.int64)
 
-    def sample(num_samples, seed, temperature):  # -> (num_samples, D)
+    def sample(num_samples, seed, temperature):  # -> (num_samples, draw_dim)
+        if hasattr(vae, "prior_draw"):
+            return vae.prior_draw(num_samples, seed, temperature)
         shape = tf.stack([num_samples, latent_dim])
         return tf.random.stateless_normal(shape, seed) * temperature
+
+    def images_and_z(draws):  # -> (images, z (N, D))
+        if hasattr(vae, "decode_draw"):
+            images, z = vae.decode_draw(draws)
+            return _f32(images), _f32(z)
+        return _f32(vae.decode(draws)), draws
 
     def check_generate(num_samples, temperature):
         """(num_samples, temperature) behind the checks: the draw runs after them, so a bad
@@ -94,8 +109,8 @@ def _plain_endpoints(vae) -> dict[str, Any]:
 
     def generate(inputs):
         num_samples, temperature = check_generate(inputs[C.NUM_SAMPLES], inputs[C.TEMPERATURE])
-        z = sample(num_samples, inputs[C.SEED], temperature)
-        return {C.IMAGES: _f32(vae.decode(z)), C.Z: z}
+        images, z = images_and_z(sample(num_samples, inputs[C.SEED], temperature))
+        return {C.IMAGES: images, C.Z: z}
 
     def generate_batch(inputs):
         counts, temperatures = check_generate(inputs[C.NUM_SAMPLES], inputs[C.TEMPERATURE])
@@ -105,14 +120,14 @@ def _plain_endpoints(vae) -> dict[str, Any]:
             counts = tf.identity(counts)
         size = tf.shape(counts)[0]
         # The same draws as `generate` for each (num_samples, seed, temperature) row.
-        parts = tf.TensorArray(tf.float32, size=size, infer_shape=False, element_shape=[None, latent_dim])
+        parts = tf.TensorArray(tf.float32, size=size, infer_shape=False, element_shape=[None, draw_dim])
         _, parts = tf.while_loop(
             lambda i, _: i < size,
             lambda i, ta: (i + 1, ta.write(i, sample(counts[i], seeds[i], temperatures[i]))),
             (tf.constant(0), parts),
         )
-        z = tf.reshape(parts.concat(), (-1, latent_dim))  # (sum(num_samples), D)
-        return {C.IMAGES: _f32(vae.decode(z)), C.Z: z}
+        images, z = images_and_z(tf.reshape(parts.concat(), (-1, draw_dim)))  # (sum(num_samples), ...)
+        return {C.IMAGES: images, C.Z: z}
 
     def encode(inputs):
         _check_rows(inputs[C.IMAGES])

@@ -192,33 +192,47 @@ def parse_model_config(text: str, path: str | os.PathLike) -> ModelServerConfig:
         proto = text_format.Parse(text, pb.ModelServerConfig())
     except text_format.ParseError as err:
         raise ConfigError(f"{path}: not a ModelServerConfig text proto: {err}") from None
+    return config_from_proto(proto, path, Path(path).absolute().parent)
+
+
+def config_from_proto(proto, where: str, folder: Path) -> ModelServerConfig:
+    """A ModelServerConfig message as this server's config, checked by TF Serving's rules.
+
+    Args:
+        proto: a `tensorflow_serving.config.ModelServerConfig` (from a file, or from a
+            `ReloadConfigRequest`).
+        where: named in errors (the file, or the request).
+        folder: relative base paths resolve against it.
+
+    Raises:
+        ConfigError: a `custom_model_config`, or a model that breaks TF Serving's rules.
+    """
     choice = proto.WhichOneof("config")
     if choice is None:
-        return ModelServerConfig(path, (), is_set=False)
+        return ModelServerConfig(where, (), is_set=False)
     if choice != "model_config_list":
-        raise ConfigError(f"{path}: {choice} is not supported; list the models in model_config_list")
-    folder = Path(path).absolute().parent
+        raise ConfigError(f"{where}: {choice} is not supported; list the models in model_config_list")
     models, seen = [], set()
     for index, config in enumerate(proto.model_config_list.config):
-        where = f"{path}: model_config_list.config[{index}]"
+        at = f"{where}: model_config_list.config[{index}]"
         if not config.name:
-            raise ConfigError(f"{where}.name must not be empty")
-        where = f"{where} (model {config.name!r})"
+            raise ConfigError(f"{at}.name must not be empty")
+        at = f"{at} (model {config.name!r})"
         if config.name in seen:
-            raise ConfigError(f"{where}: illegal to list model {config.name} multiple times in config list")
+            raise ConfigError(f"{at}: illegal to list model {config.name} multiple times in config list")
         seen.add(config.name)
         if not config.base_path:
-            raise ConfigError(f"{where}.base_path must not be empty")
-        _platform(config, where)
+            raise ConfigError(f"{at}.base_path must not be empty")
+        _platform(config, at)
         if config.HasField("logging_config"):
-            log.warning("%s.logging_config is ignored: this server does not log requests", where)
+            log.warning("%s.logging_config is ignored: this server does not log requests", at)
         models.append(ModelEntry(
             config.name,
             _resolve(config.base_path, folder),
-            _policy(config.model_version_policy, where),
+            _policy(config.model_version_policy, at),
             tuple(sorted(config.version_labels.items())),
         ))
-    return ModelServerConfig(path, tuple(models))
+    return ModelServerConfig(where, tuple(models))
 
 
 def load_model_config(path: str | os.PathLike) -> ModelServerConfig:

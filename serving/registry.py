@@ -144,6 +144,26 @@ class ModelRegistry:
             self._last_error = ""
             return True
 
+    def apply_request(self, config: ModelServerConfig) -> None:
+        """Applies a config a client sent (`ModelService/HandleReloadConfigRequest`).
+
+        As in TF Serving, a config with nothing set changes nothing, and the next poll of
+        the config file (when polling is on) applies the file again.
+
+        Raises:
+            ConfigError: a base path is not a folder or a label names a version that is not
+                available; the running config stays.
+        """
+        with self._reload_lock:
+            if self._stop.is_set():
+                raise ConfigError("the server is stopping")
+            if not config.is_set:
+                log.info("%s sets no config: taking no action (as TF Serving)", config.path)
+                return
+            config.check_base_paths()
+            _check_labels(config, self._snapshot, self.allow_unavailable_labels, start=False)
+            self._apply(config)
+
     def _refused(self, message: str, level: int = logging.ERROR) -> None:
         """Logs why a reload was refused: once per reason, not at every poll."""
         if message != self._last_error:

@@ -1,9 +1,9 @@
 """The embedded model server: TF Serving's gRPC API over the same export folders.
 
-It implements `PredictionService.Predict` and `GetModelMetadata` and
-`ModelService.GetModelStatus` (`tensorflow_serving.apis`) with TF Serving's semantics and
-status codes, plus gRPC health checking, optional TLS, request limits, server-side
-batching and graceful shutdown. It never imports the Keras model: it loads SavedModels.
+It implements `PredictionService.Predict` and `GetModelMetadata` and `ModelService`'s
+`GetModelStatus` and `HandleReloadConfigRequest` (`tensorflow_serving.apis`) with TF
+Serving's semantics and status codes, plus gRPC health checking, optional TLS, request
+limits, server-side batching and graceful shutdown. It never imports the Keras model: it loads SavedModels.
 
 Example:
     >>> server = ModelServer(ServerOptions(model_base_path="exports/vae", port=0))
@@ -28,18 +28,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
 
-from core.config import ConfigBase, require
+from core.config import ConfigBase, ConfigError, require
 from serving import contract as C
 from serving import service
 from serving.batching import BatchingOptions, BatchScheduler
 from serving.errors import RequestError
 from serving.manager import ModelManager
 from serving.metrics import GRPC_PREDICT, ServingMetrics
+from serving.model_config import config_from_proto
 from serving.registry import ModelRegistry
 from serving.rest import RestApi, RestOptions, RestServer
 
@@ -166,9 +168,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus (serving/service.py); HandleReloadConfigRequest stays UNIMPLEMENTED."""
+    """GetModelStatus (serving/service.py) and HandleReloadConfigRequest (a server started
+    with a models.config takes a new model list over gRPC, as TF Serving's does)."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager | ModelRegistry):
         self._manager = manager
 
     def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
@@ -176,6 +179,21 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             return service.model_status(self._manager, request)
         except RequestError as err:
             _abort(context, err)
+
+    def HandleReloadConfigRequest(self, request, context) -> model_management_pb2.ReloadConfigResponse:
+        if not isinstance(self._manager, ModelRegistry):
+            _abort(context, RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this server serves one model from --model-base-path; start it with --model-config-file "
+                "to change its models with ReloadConfigRequest",
+            ))
+        try:
+            config = config_from_proto(request.config, "ReloadConfigRequest", Path.cwd())
+            self._manager.apply_request(config)
+        except ConfigError as err:
+            log.error("ReloadConfig failed: %s", err)
+            _abort(context, RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(err)))
+        return model_management_pb2.ReloadConfigResponse()
 
 
 def _credentials(options: ServerOptions) -> grpc.ServerCredentials | None:

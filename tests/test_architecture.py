@@ -15,6 +15,8 @@ FORBIDDEN = {
     "model": ("serving", "pipelines"),
     "serving": ("model", "pipelines"),
     "pipelines.encode": ("model", "pipelines.train", "pipelines.tune"),
+    # the source layer the encoder shares with training and tuning
+    "pipelines.sources": ("model", "pipelines.train", "pipelines.tune"),
 }
 
 
@@ -65,6 +67,7 @@ def test_the_packages_keep_the_import_rules():
     ("serving", "serving/client.py", "model.vae"),
     ("model", "model/vae.py", "pipelines.workdir"),
     ("pipelines.encode", "pipelines/encode/job.py", "pipelines.train.run"),
+    ("pipelines.sources", "pipelines/sources/base.py", "model.vae"),
 ])
 def test_the_rule_check_catches_a_forbidden_import(rule, module, imported, tmp_path):
     """The checker itself: a forbidden import added to a file is reported."""

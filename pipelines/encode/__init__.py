@@ -6,9 +6,9 @@
 
 The export's `encode` (and `log_likelihood`, `reconstruct`) signatures are loaded and
 called; nothing here imports `model/` or Keras. Modules: `config` (the job), `signatures`
-and `loading` (the export), `sources`, `datasets` and `tfrecords` (the inputs), `images`
-(decoding and checks), `output` (shards, state, manifest), `local` and `beam` (the two
-runners), `job` (the entry point), `cli` (the `vae encode` flags).
+and `loading` (the export), `output` (shards, state, manifest), `local` and `beam` (the
+two runners), `job` (the entry point), `cli` (the `vae encode` flags). The inputs are
+read by `pipelines.sources`, the source layer `vae train` and `vae tune` share.
 
 Loaded lazily (PEP 562), so that the `vae` parser does not load TensorFlow.
 """

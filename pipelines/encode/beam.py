@@ -40,7 +40,7 @@ from pipelines.encode import output  # noqa: E402
 from pipelines.encode.config import EncodeConfig, EncodeError
 from pipelines.encode.local import bad_input_error
 from pipelines.encode.signatures import Encoder, ExportInfo
-from pipelines.encode.sources import Source
+from pipelines.sources.base import Source
 
 log = logging.getLogger(__name__)
 

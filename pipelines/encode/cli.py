@@ -15,6 +15,7 @@ examples:
   vae encode --model exports/vae --dataset fashion_mnist --split test --out codes/fmnist-test
   vae encode --model exports/vae/3 --images photos/ --resize --skip-bad --out codes/photos
   vae encode --model exports/vae --npy batch.npy --reconstruction-error --out codes/batch
+  vae encode --model exports/vae --npy batch.npy --labels batch_labels.npy --out codes/labelled
   vae encode --model exports/vae --tfrecord 'data/*.tfrecord' --image-feature image/encoded \\
       --format tfrecord --out codes/records
   vae encode --model gs://bucket/exports/vae --dataset fashion_mnist --split train \\
@@ -26,6 +27,7 @@ examples:
 def register(subparsers) -> None:
     """Adds `encode` to an argparse subparsers object; its func returns an exit code."""
     from pipelines.encode.config import DEFAULT_ROWS_PER_SHARD
+    from pipelines.sources.cli import add_input_flags
     from serving.contract import MAX_BATCH
 
     p = subparsers.add_parser(
@@ -42,24 +44,7 @@ def register(subparsers) -> None:
                    help="export folder: a version folder, or the model folder (latest version)")
     p.add_argument("--out", required=True, help="output folder")
 
-    given = p.add_argument_group("input (exactly one of --dataset, --images, --npy, --tfrecord)")
-    kind = given.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--dataset", help="tensorflow-datasets image dataset, e.g. fashion_mnist")
-    kind.add_argument("--images", metavar="DIR", help="folder of PNG/JPEG files (searched recursively)")
-    kind.add_argument("--npy", nargs="+", metavar="FILE", help=".npy files or globs: (N,H,W[,C]), "
-                      "uint8 0..255 or float 0..1")
-    kind.add_argument("--tfrecord", nargs="+", metavar="FILE",
-                      help="TFRecord files or globs of serialized tf.train.Example")
-    given.add_argument("--split", help="tfds split expression, e.g. test, train[:10%%], train+test")
-    given.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR"),
-                       help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    given.add_argument("--image-feature", default="image", help="TFRecord image feature (default image)")
-    given.add_argument("--label-feature", default="label",
-                       help="TFRecord int64 label feature, '' for none (default label, if present)")
-    given.add_argument("--id-feature", help="TFRecord feature to use as the row id")
-    given.add_argument("--resize", action="store_true",
-                       help="resize (bilinear) and convert channels of images of another shape "
-                       "instead of rejecting them")
+    add_input_flags(p, required=True, training=False)
 
     written = p.add_argument_group("output")
     written.add_argument("--format", choices=["parquet", "tfrecord"], default="parquet")
@@ -69,8 +54,6 @@ def register(subparsers) -> None:
                          help="add reconstruction_error (mean squared error of `reconstruct`)")
     written.add_argument("--rows-per-shard", type=int, default=DEFAULT_ROWS_PER_SHARD,
                          help=f"inputs per shard file (default {DEFAULT_ROWS_PER_SHARD})")
-    written.add_argument("--skip-bad", action="store_true",
-                         help="skip bad inputs and list them in the manifest instead of stopping")
     written.add_argument("--overwrite", action="store_true",
                          help="replace a finished output, or a partial one of other arguments")
 
@@ -89,6 +72,7 @@ def register(subparsers) -> None:
 def config_from_args(args):
     """The EncodeConfig of parsed `vae encode` arguments."""
     from pipelines.encode import EncodeConfig, EncodeError
+    from pipelines.sources.cli import check_input_flags, input_kind
 
     beam_args = [f"--{o}" if not o.startswith("--") else o for o in args.beam_option] + list(args.beam_args)
     if any("=" not in o for o in args.beam_option):
@@ -97,18 +81,17 @@ def config_from_args(args):
         raise EncodeError(f"Beam flags {beam_args} need --runner beam")
     if any(not a.startswith("-") for a in args.beam_args):
         raise EncodeError(f"unexpected arguments {args.beam_args}: Beam flags go after -- and start with --")
-    if args.split and not args.dataset:
-        raise EncodeError("--split goes with --dataset")
-    kind, paths = next((k, v) for k, v in (("tfds", args.dataset), ("images", args.images),
-                                           ("npy", args.npy), ("tfrecord", args.tfrecord)) if v)
+    check_input_flags(args, EncodeError)
+    kind, paths = input_kind(args)
     return EncodeConfig(
         model=args.model, out=args.out, input_kind=kind,
-        dataset=args.dataset, split=args.split, data_dir=args.data_dir,
-        paths=() if kind == "tfds" else tuple([paths] if isinstance(paths, str) else paths),
-        image_feature=args.image_feature, label_feature=args.label_feature or None,
-        id_feature=args.id_feature, resize=args.resize, output_format=args.format,
-        log_likelihood=args.log_likelihood, reconstruction_error=args.reconstruction_error,
-        skip_bad=args.skip_bad, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
+        dataset=args.dataset, split=args.split, data_dir=args.data_dir or os.environ.get("TFDS_DATA_DIR"),
+        paths=paths, image_feature=args.image_feature or "image",
+        label_feature="label" if args.label_feature is None else (args.label_feature or None),
+        id_feature=args.id_feature, labels_file=args.labels, resize=bool(args.resize),
+        output_format=args.format, log_likelihood=args.log_likelihood,
+        reconstruction_error=args.reconstruction_error, skip_bad=bool(args.skip_bad),
+        overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
         batch_size=args.batch_size, runner=args.runner, beam_args=tuple(beam_args),
         progress=not args.no_progress,
     )

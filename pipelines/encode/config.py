@@ -7,10 +7,10 @@ import json
 from typing import Any, ClassVar
 
 from core.config import ConfigBase, ConfigError, require, require_choice
+from pipelines.sources.spec import KINDS as INPUT_KINDS
 from core.errors import UserError
 from serving import contract as C
 
-INPUT_KINDS = ("tfds", "images", "npy", "tfrecord")
 FORMATS = ("parquet", "tfrecord")
 RUNNERS = ("local", "beam")
 DEFAULT_ROWS_PER_SHARD = 10_000
@@ -38,6 +38,7 @@ class EncodeConfig(ConfigBase):
         paths: the folder (`images`), or files / glob patterns (`npy`, `tfrecord`).
         image_feature, label_feature, id_feature: tf.train.Example feature names of a
             TFRecord input (the label and id features are optional).
+        labels_file: a .npy of one integer label per input (the label column).
         resize: resize (bilinear) and convert channels of inputs whose shape differs from
             the model's; without it such inputs are bad inputs.
         output_format: `parquet` or `tfrecord`.
@@ -66,6 +67,7 @@ class EncodeConfig(ConfigBase):
     image_feature: str = "image"
     label_feature: str | None = "label"
     id_feature: str | None = None
+    labels_file: str | None = None
     resize: bool = False
     output_format: str = "parquet"
     log_likelihood: bool = False
@@ -102,6 +104,15 @@ class EncodeConfig(ConfigBase):
             require(self, "paths", len(self.paths) == 1, "of --images must be one folder")
         if self.input_kind == "tfrecord":
             require(self, "image_feature", bool(self.image_feature), "must name a feature")
+
+    def source_spec(self):
+        """The input as the source layer names it (`pipelines.sources.SourceSpec`)."""
+        from pipelines.sources.spec import SourceSpec
+
+        return SourceSpec(kind=self.input_kind, dataset=self.dataset, split=self.split,
+                          data_dir=self.data_dir, paths=self.paths, image_feature=self.image_feature,
+                          label_feature=self.label_feature, id_feature=self.id_feature,
+                          labels_file=self.labels_file, resize=self.resize, skip_bad=self.skip_bad)
 
     def identity(self) -> dict[str, Any]:
         """The settings, beside the model and the input itself, that decide the output's

@@ -13,7 +13,7 @@ import tensorflow as tf
 from pipelines.encode import output
 from pipelines.encode.config import EncodeConfig, EncodeError
 from pipelines.encode.signatures import Encoder, describe_export, needed_signatures, output_keys
-from pipelines.encode.inputs import open_source
+from pipelines.sources import SourceError, open_source
 from pipelines.workdir import differences
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,10 @@ def encode(config: EncodeConfig) -> dict:
         encoder = loader.submit(Encoder, info.path, config.log_likelihood, config.reconstruction_error,
                                 info=info)
         loader.shutdown(wait=False)
-    source = open_source(config, info.image_shape)
+    try:
+        source = open_source(config.source_spec(), info.image_shape)
+    except SourceError as err:
+        raise EncodeError(str(err)) from None
     identity = {"model": {"path": info.path, "version": info.version}, "input": source.identity(),
                 "options": config.identity()}
     state = prepare_output(out, identity, config.overwrite)

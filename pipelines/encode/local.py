@@ -28,7 +28,7 @@ import tensorflow as tf
 from pipelines.encode import output
 from pipelines.encode.config import EncodeConfig, EncodeError
 from pipelines.encode.signatures import Encoder
-from pipelines.encode.sources import Source
+from pipelines.sources.base import Source
 
 _END = object()
 

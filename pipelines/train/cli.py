@@ -15,6 +15,9 @@ from pipelines.config import STRATEGIES
 EXAMPLES = """\
 examples:
   vae train --workdir runs/fmnist --epochs 10
+  vae train --workdir runs/photos --images photos/ --image-size 64x64 --likelihood gaussian
+  vae train --workdir runs/cvae --images photos/ --image-size 64x64 --kind cvae   # subfolders = classes
+  vae train --workdir runs/arrays --npy 'data/*.npy' --labels labels.npy --skip-bad
   vae train --workdir runs/2d --latent-dim 2 --epochs 20          # + latent-space plots
   vae train --workdir runs/conv --config my.json model.conv_filters=[32,64] train.learning_rate=5e-4
   vae train --workdir runs/a --cpu-replicas 2 train.checkpoint_every_steps=500 train.jit=true
@@ -23,8 +26,6 @@ examples:
 # The flags users type often, and the config field each sets (applied after --config,
 # before the SECTION.FIELD=VALUE overrides, which reach every other field).
 TRAIN_FLAGS = {
-    "dataset": "data.dataset",
-    "data_dir": "data.data_dir",
     "download": "data.download",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
@@ -50,6 +51,8 @@ def register(subparsers) -> None:
 
 # === train ===
 def _add_train(subparsers) -> None:
+    from pipelines.sources.cli import add_input_flags
+
     p = subparsers.add_parser(
         "train",
         help="train, evaluate, save and export a VAE in a workdir",
@@ -64,8 +67,7 @@ def _add_train(subparsers) -> None:
     )
     p.add_argument("--workdir", required=True, help="folder for the run's outputs")
     p.add_argument("--config", help="a JSON config file (see config.json of any run)")
-    p.add_argument("--dataset", help="tfds image dataset (default fashion_mnist)")
-    p.add_argument("--data-dir", help="tfds data directory")
+    add_input_flags(p, required=False, training=True, default_note="; default --dataset fashion_mnist")
     p.add_argument("--download", action="store_true", default=None,
                    help="let tensorflow-datasets download the dataset (needs network)")
     p.add_argument("--epochs", type=int)
@@ -95,11 +97,13 @@ def _add_train(subparsers) -> None:
 
 def train_config(args):
     """The run config of `vae train`: defaults, --config, flags, then overrides."""
+    from core.config import ConfigError
     from pipelines.config import resolve_config
+    from pipelines.sources.cli import data_overrides
 
     flags = [f"{field}={json.dumps(getattr(args, flag))}"
              for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None]
-    return resolve_config(args.config, flags + list(args.overrides))
+    return resolve_config(args.config, data_overrides(args, ConfigError) + flags + list(args.overrides))
 
 
 def run_train(args) -> int:

@@ -24,7 +24,7 @@ from pipelines.config import RunConfig
 from pipelines.distribute import Cluster, make_cluster
 from pipelines.evaluate import evaluate
 from pipelines.optimizers import FusedAdam
-from pipelines.train.inputs import Datasets, load_datasets, test_dataset
+from pipelines.train.inputs import Datasets, load_datasets, test_dataset, training_images
 from pipelines.train.trainer import Trainer
 from pipelines.workdir import History
 
@@ -50,18 +50,56 @@ def set_precision(config: RunConfig) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
+def mean_training_image(config: RunConfig, datasets: Datasets) -> np.ndarray:
+    """The mean image of the training split, intensities in [0, 1]: (H, W, C) float32."""
+    images = training_images(config, datasets, 10_000)
+    total, count = 0.0, 0
+    for batch, _ in images:
+        total = total + tf.reduce_sum(tf.cast(batch, tf.float64), axis=0)
+        count += int(batch.shape[0])
+    return (np.asarray(total) / max(count, 1)).astype("float32")
+
+
+def output_bias(config: RunConfig, mean_image: np.ndarray, x_shape) -> np.ndarray:
+    """The decoder's initial output bias for a mean training image: its logit per pixel
+    for a Bernoulli decoder (clipped to [1e-4, 1 - 1e-4]: border pixels are always 0),
+    the mean itself for a Gaussian. A model of half images gets the mean over pixels."""
+    mean = mean_image if tuple(mean_image.shape) == tuple(x_shape) else np.float32(mean_image.mean())
+    if config.model.likelihood == "bernoulli":
+        p = np.clip(mean, 1e-4, 1 - 1e-4)
+        return np.log(p) - np.log1p(-p)
+    return mean
+
+
+def init_output_bias(vae: VAE, config: RunConfig, datasets: Datasets) -> None:
+    """Sets the decoder's output bias from the training split (`train.init_output_bias`)."""
+    decoder = getattr(vae, "decoder", None)
+    if not hasattr(decoder, "set_output_bias"):
+        log.warning("train.init_output_bias: the %s model's decoder has no output bias to set",
+                    config.model.kind)
+        return
+    bias = output_bias(config, mean_training_image(config, datasets), vae.x_shape)
+    decoder.set_output_bias(bias)
+    log.info("decoder output bias set from the mean training image (mean bias %.3f)", float(np.mean(bias)))
+
+
 def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, *,
         verbose: int = 2) -> tuple[VAE, History, Trainer]:
     """Builds the model under the strategy and trains it (resuming from workdir's
     checkpoints if any). The training code of `vae train` and `vae tune`."""
+    train_cfg = config.train
     with cluster.strategy.scope():
         vae = build_model(config)
-    train_cfg = config.train
+        if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it
+            init_output_bias(vae, config, datasets)
     trainer = Trainer(vae, cluster, global_batch=train_cfg.batch_size, workdir=workdir,
                       checkpoint_every_steps=train_cfg.checkpoint_every_steps,
-                      jit=train_cfg.jit, tensorboard=train_cfg.tensorboard)
+                      jit=train_cfg.jit, tensorboard=train_cfg.tensorboard,
+                      lr_schedule=train_cfg.lr_schedule,
+                      iwae_start_fraction=train_cfg.iwae_start_fraction,
+                      kl_warmup_fraction=train_cfg.kl_warmup_fraction)
     log.info("training a %s %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
-             config.model.architecture, config.model.kind, config.data.dataset, train_cfg.epochs,
+             config.model.architecture, config.model.kind, config.data.name, train_cfg.epochs,
              datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)
     history = trainer.fit(datasets.train, datasets.validation, epochs=train_cfg.epochs,
                           steps_per_epoch=datasets.steps_per_epoch,
@@ -94,7 +132,7 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     set_precision(config)
     config, datasets = load_datasets(config, workers=cluster.workers)
     if cluster.is_chief:
-        W.prepare(workdir, config, overwrite)
+        W.prepare(workdir, config, overwrite, source=datasets.source)
         if datasets.labelled is not None:
             W.write_json_atomic(workdir / W.LABELLED_FILE, datasets.labelled)
     vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
@@ -104,7 +142,7 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
     metrics.update(replicas=cluster.replicas, strategy=cluster.name)
     version_dir = export_model(vae, workdir / W.EXPORT_DIR, config.train.model_name,
                                run_config=config.to_dict(), metrics=metrics,
-                               class_names=data.class_names(datasets.builder))
+                               class_names=datasets.class_names)
     metrics.update(export=str(version_dir))
     metrics.update(wall_seconds=time.perf_counter() - started)
     W.write_json_atomic(workdir / W.METRICS_FILE, metrics)
@@ -132,7 +170,7 @@ def finish(config: RunConfig, vae: VAE, history: History, datasets: Datasets, wo
         train_images_per_second=images_per_epoch / statistics.median(steady) if steady else None,
         epoch_seconds=history.epoch_seconds,
         train_seconds=history.train_seconds,
-        dataset=config.data.dataset,
+        dataset=config.data.name,
         pictures=sorted(p.name for p in pictures),
     )
     return metrics

@@ -10,14 +10,25 @@ The loop knows nothing of likelihoods, priors or model kinds: each replica avera
 summed gradients equal one device's; it logs every term the model reports. Many steps
 run inside one `tf.function` call.
 
-Checkpoints (model, optimizer and progress) are written every epoch and, optionally,
-every N steps; a run started again resumes from the last one, mid-epoch included, and
-ends with the same number of optimizer steps as an uninterrupted run.
+Checkpoints (model, optimizer, progress and the training seconds used) are written
+every epoch and, optionally, every N steps; a run started again resumes from the last
+one, mid-epoch included, and ends with the same number of optimizer steps as an
+uninterrupted run (or, under a time budget, when the checkpointed seconds plus the new
+ones use it up).
+
+Three things follow the run's progress (the fraction of the time budget used, or of the
+steps without one), set between `tf.function` calls: the learning rate of a decaying
+`lr_schedule` (`lr_factor`), the KL weight's warm-up over `kl_warmup_fraction` of the
+run (handed to the model as `model.kl_warmup_ramp`), and the number of importance
+samples of a model with `train_samples` (one sample before `iwae_start_fraction`, the
+model's k after; the step is retraced when it changes). Both are computed from checkpointed state, so a resumed
+run continues where the killed one was.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -27,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.config import ConfigError
 from model.vae import split_batch
 from pipelines.distribute import Cluster
 from pipelines.workdir import CHECKPOINT_DIR, LOG_DIR, History
@@ -35,6 +47,19 @@ log = logging.getLogger(__name__)
 
 # Steps per tf.function call: bounds how often the progress bar and checkpoints update.
 STEPS_PER_CALL = 50
+
+
+def lr_factor(schedule: str, fraction: float) -> float:
+    """The learning rate's multiplier at `fraction` in [0, 1] of the run: 1 throughout
+    for `constant`; falling from 1 to 0 at the end for `linear` and `cosine`."""
+    fraction = min(max(float(fraction), 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - fraction
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * fraction))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
 
 
 class Trainer:
@@ -50,10 +75,18 @@ class Trainer:
             `workdir/logs` (chief only).
         checkpoint_every_steps: also checkpoint every N optimizer steps (0: per epoch).
         jit: compile the replica step with XLA.
+        lr_schedule: `constant`, `linear` or `cosine` (`lr_factor`): the optimizer's
+            learning rate at construction decays to zero over the run.
+        iwae_start_fraction: for a model with `train_samples` k > 1: train with one
+            sample until this fraction of the run, with k after it.
+        kl_warmup_fraction: ramp the model's KL weight from 0 to its beta over this
+            fraction of the run (0: the model's own `kl_warmup_steps`, if any).
     """
 
     def __init__(self, model, cluster: Cluster, *, global_batch: int, workdir: Path,
-                 checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True):
+                 checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True,
+                 lr_schedule: str = "constant", iwae_start_fraction: float = 0.0,
+                 kl_warmup_fraction: float = 0.0):
         self.model = model
         self.optimizer = model.optimizer
         self.cluster = cluster
@@ -64,7 +97,22 @@ class Trainer:
             self.optimizer.build(model.trainable_variables)
             # (epoch, step within the epoch) of the next step to run.
             self.progress = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="progress")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, progress=self.progress)
+            # Seconds of training steps used so far (the time budget and the schedule).
+            self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, progress=self.progress,
+                                              train_seconds=self.seconds)
+        self.lr_schedule = lr_schedule
+        self.base_learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        self.iwae_start_fraction = float(iwae_start_fraction)
+        # The model's configured importance samples (None: a model without the attribute).
+        self.train_samples = getattr(model, "train_samples", None)
+        self.kl_warmup_fraction = float(kl_warmup_fraction)
+        if self.kl_warmup_fraction:
+            # Not checkpointed: recomputed from the run's fraction before every call.
+            with self.strategy.scope():
+                self.kl_ramp = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="kl_ramp")
+            ramp = self.kl_ramp
+            model.kl_warmup_ramp = lambda: ramp.read_value()
         self._checkpoint_dir = workdir / CHECKPOINT_DIR
         self._write_dir = self._checkpoint_dir if cluster.is_chief else Path(
             tempfile.mkdtemp(prefix=f"vae-worker{cluster.task_id}-"))
@@ -73,13 +121,38 @@ class Trainer:
             self.writer = tf.summary.create_file_writer(str(workdir / LOG_DIR))
         else:
             self.writer = tf.summary.create_noop_writer()
-        replica_step = tf.function(self._replica_step, jit_compile=True) if jit else self._replica_step
-        self._replica_fn = replica_step
+        self.jit = jit
         self.terms = tuple(model.LOSS_TERMS)
         if self.terms[0] != "loss":
             raise ValueError(f"{type(model).__name__}.LOSS_TERMS must start with 'loss', got {self.terms}")
-        self._train_steps = tf.function(self._steps)
+        self._trace_train_step()
         self._val_batch = tf.function(self._validation_batch, reduce_retracing=True)
+
+    def _trace_train_step(self) -> None:
+        """(Re)creates the compiled training step: the model's Python attributes (such as
+        `train_samples`) are read when it is traced."""
+        self._replica_fn = tf.function(self._replica_step, jit_compile=True) if self.jit else self._replica_step
+        self._train_steps = tf.function(self._steps)
+
+    # === Progress-driven settings ===
+    def run_fraction(self, max_seconds: float, total_steps: int) -> float:
+        """The fraction of the run done: of the time budget if any, else of the steps."""
+        if max_seconds:
+            return float(self.seconds.numpy()) / max_seconds
+        return int(self.optimizer.iterations.numpy()) / max(total_steps, 1)
+
+    def apply_progress(self, fraction: float) -> None:
+        """Sets the learning rate and the importance samples for this point of the run."""
+        if self.lr_schedule != "constant":
+            self.optimizer.learning_rate.assign(self.base_learning_rate * lr_factor(self.lr_schedule, fraction))
+        if self.kl_warmup_fraction:
+            self.kl_ramp.assign(min(1.0, fraction / self.kl_warmup_fraction))
+        if self.train_samples is not None and self.train_samples > 1:
+            wanted = self.train_samples if fraction >= self.iwae_start_fraction else 1
+            if self.model.train_samples != wanted:
+                log.info("training with %d importance sample(s) from %.0f%% of the run", wanted, 100 * fraction)
+                self.model.train_samples = wanted
+                self._trace_train_step()
 
     # === Steps ===
     def _objective_parts(self, batch, training: bool, seed=None):
@@ -147,8 +220,11 @@ class Trainer:
             return epoch, step
         return 0, 0
 
-    def save(self, epoch: int, step: int) -> None:
+    def save(self, epoch: int, step: int, seconds: float | None = None) -> None:
+        """Checkpoints the model, the optimizer, (epoch, step) and the seconds used."""
         self.progress.assign([epoch, step])
+        if seconds is not None:
+            self.seconds.assign(seconds)
         self.manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
         if not self.cluster.is_chief:
             # Every worker takes part in saving; only the chief's copy is kept.
@@ -171,8 +247,14 @@ class Trainer:
                 once this many seconds of training steps have run (0: no limit).
             verbose: 1 progress bar, 2 one line per epoch, 0 silent.
         """
-        budget_used = 0.0
+        if max_seconds and self.cluster.workers > 1:
+            raise ConfigError(
+                "train.max_train_seconds cannot be used with several workers: each keeps its own clock, so "
+                "they would stop, decay the learning rate and warm up the KL at different steps; "
+                "bound the run with train.epochs (and train.steps_per_epoch) instead")
         start_epoch, start_step = self.restore()
+        budget_used = float(self.seconds.numpy())  # seconds a killed run had used
+        total_steps = epochs * steps_per_epoch
         iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset))
         history = History(completed_epochs=start_epoch)
         best, best_weights, waited = np.inf, None, 0
@@ -188,6 +270,8 @@ class Trainer:
                 if max_seconds and budget_used + time.perf_counter() - began >= max_seconds:
                     out_of_time = True
                     break
+                self.seconds.assign(budget_used + time.perf_counter() - began)
+                self.apply_progress(self.run_fraction(max_seconds, total_steps))
                 count = min(STEPS_PER_CALL, steps_per_epoch - step)
                 if self.checkpoint_every_steps:
                     done = int(self.optimizer.iterations.numpy())
@@ -197,9 +281,10 @@ class Trainer:
                 bar.update(step, [("loss", self._logs(totals)["loss"])])
                 if (self.checkpoint_every_steps and step < steps_per_epoch
                         and int(self.optimizer.iterations.numpy()) % self.checkpoint_every_steps == 0):
-                    self.save(epoch, step)
+                    self.save(epoch, step, budget_used + time.perf_counter() - began)
             seconds = time.perf_counter() - began
             budget_used += seconds
+            self.seconds.assign(budget_used)
             history.train_seconds = budget_used
             if out_of_time and step == epoch_start:  # not one step of this epoch ran: nothing to log
                 log.info("time budget of %.0f s used up before epoch %d", max_seconds, epoch + 1)

@@ -8,7 +8,6 @@ TuneSettings)`. Importing it loads neither TensorFlow nor keras-tuner.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 EXAMPLES = """\
@@ -17,6 +16,7 @@ examples:
   vae tune --workdir runs/tune --tuner bayesian --max-trials 30 --max-epochs 5
   vae tune --workdir runs/tune --space my_space.json --objective iwae_nll train.seed=3
   vae tune --workdir runs/tune --overwrite                      # start the search anew
+  vae tune --workdir runs/tune-photos --images photos/ --image-size 64x64 --max-trials 10
 
 Run the same command again to resume an interrupted search. Distributed: the same
 command on every host, with KERASTUNER_TUNER_ID=chief (the oracle) or tuner0, tuner1, ...
@@ -30,6 +30,7 @@ HELD_OUT = ['data.train_split="train[:90%]"', 'data.validation_split="train[90%:
 
 def register(subparsers) -> None:
     """Adds `tune` to an argparse subparsers object; its func returns an exit code."""
+    from pipelines.sources.cli import add_input_flags
     from pipelines.tune.names import OBJECTIVES, TUNERS
 
     p = subparsers.add_parser(
@@ -40,7 +41,9 @@ def register(subparsers) -> None:
         "(trials.csv, trials.json, objective.png), best_config.json, the best model in\n"
         "best/, and exports it as a new version under WORKDIR/exports/<model_name>/.\n"
         "The base config comes from the defaults (validating on the last 10% of the\n"
-        "training split), then --config FILE, then SECTION.FIELD=VALUE overrides.",
+        "training split; own data: on a held-out share drawn by seed, and the test images\n"
+        "are never seen by the search), then --config FILE, the input flags, then\n"
+        "SECTION.FIELD=VALUE overrides.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,7 +62,7 @@ def register(subparsers) -> None:
     p.add_argument("--retrain", action="store_true",
                    help="retrain the best configuration from scratch instead of taking its trial's model")
     p.add_argument("--config", help="a JSON run config (e.g. config.json of a `vae train` run)")
-    p.add_argument("--data-dir", help="tfds data directory")
+    add_input_flags(p, required=False, training=True, default_note="; default --dataset fashion_mnist")
     p.add_argument("--overwrite", action="store_true",
                    help="discard the search in --workdir and start anew (exports/ is kept)")
     p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE")
@@ -78,12 +81,16 @@ def tune_settings(args):
 
 def tune_config(args):
     """The base RunConfig of every trial: defaults (held-out validation), --config, overrides."""
+    from core.config import ConfigError
     from pipelines.config import resolve_config
+    from pipelines.sources.cli import data_overrides, input_kind
 
-    assignments = [] if args.config else list(HELD_OUT)
-    if args.data_dir:
-        assignments.append(f"data.data_dir={json.dumps(args.data_dir)}")
-    return resolve_config(args.config, assignments + list(args.overrides))
+    if args.split:
+        raise ConfigError("--split: vae tune validates on the last 10% of the training split; set "
+                          "data.train_split=... data.validation_split=... overrides instead")
+    own = input_kind(args)[0] not in (None, "tfds")  # own data: validation and test drawn by seed
+    assignments = [] if args.config or own else list(HELD_OUT)
+    return resolve_config(args.config, assignments + data_overrides(args, ConfigError) + list(args.overrides))
 
 
 def run_tune(args) -> int:

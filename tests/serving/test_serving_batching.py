@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +25,7 @@ PARAMETERS_FILE = Path(__file__).resolve().parents[2] / "serving" / "batching_pa
 
 def test_parameters_file_parses_as_tf_serving_text():
     options = BatchingOptions.from_file(PARAMETERS_FILE)
-    assert options.max_batch_size <= C.MAX_BATCH and options.num_batch_threads >= 1
+    assert options.max_batch_size <= C.MAX_BATCH and options.batch_threads >= 1
     parsed = BatchingOptions.from_text(
         "max_batch_size { value: 32 }  # rows\nbatch_timeout_micros: 500\nallowed_batch_sizes: 8\n"
     )
@@ -35,6 +36,12 @@ def test_parameters_file_parses_as_tf_serving_text():
         BatchingOptions.from_text("num_batch_threads { value: 0 }")
     with pytest.raises(ConfigError, match="no-such-file.txt"):
         BatchingOptions.from_file(PARAMETERS_FILE.parent / "no-such-file.txt")
+
+
+def test_batch_threads_default_to_the_cores_this_process_may_use_as_in_tf_serving():
+    assert BatchingOptions().num_batch_threads is None
+    assert BatchingOptions().batch_threads == len(os.sched_getaffinity(0))
+    assert BatchingOptions.from_text("num_batch_threads { value: 3 }").batch_threads == 3
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +170,7 @@ def test_a_full_queue_answers_unavailable():
         for task in tasks:
             task.result = {}
 
-    queue = _Queue("test", BatchingOptions(max_batch_size=1, max_enqueued_batches=1), run)
+    queue = _Queue("test", BatchingOptions(max_batch_size=1, max_enqueued_batches=1, num_batch_threads=1), run)
     servable = object()
     first, second = (_Task(servable, SimpleNamespace(rows=1), lambda: True) for _ in range(2))
     threads = [threading.Thread(target=queue.submit, args=(task,)) for task in (first, second)]

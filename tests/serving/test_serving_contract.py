@@ -20,8 +20,10 @@ ALLOWED = {
     ("pipelines/encode/local.py", "encode"),  # the progress bar's label
     ("pipelines/encode/cli.py", "images"),  # the input kind of --images
     ("pipelines/encode/config.py", "images"),
-    ("pipelines/encode/inputs.py", "images"),
-    ("pipelines/encode/sources.py", "images"),
+    ("pipelines/sources/base.py", "images"),  # the input kind, in the source layer
+    ("pipelines/sources/cli.py", "images"),
+    ("pipelines/sources/open.py", "images"),
+    ("pipelines/sources/spec.py", "images"),
     ("pipelines/encode/config.py", "log_likelihood"),  # EncodeConfig.log_likelihood (a flag)
     ("pipelines/encode/job.py", "log_likelihood"),  # that flag, recorded in the manifest
     ("pipelines/train/cli.py", "seed"),  # the --seed flag

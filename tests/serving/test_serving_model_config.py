@@ -378,3 +378,51 @@ def test_an_empty_file_takes_no_action_but_an_empty_list_unloads_every_model(lay
             2: get_model_status_pb2.ModelVersionStatus.END}
     finally:
         registry.stop()
+
+
+def test_a_reload_config_request_over_grpc_adds_and_pins_models_and_refuses_a_bad_list(layout, export_dir):
+    """ModelService/HandleReloadConfigRequest, as TF Serving's clients send it."""
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2
+    from tensorflow_serving.config import model_server_config_pb2
+
+    def reload_request(*blocks: str) -> model_management_pb2.ReloadConfigRequest:
+        request = model_management_pb2.ReloadConfigRequest()
+        text = "model_config_list {\n" + "".join(blocks) + "}\n"
+        request.config.CopyFrom(text_format.Parse(text, model_server_config_pb2.ModelServerConfig()))
+        return request
+
+    config = write_config(layout / "models.config", model_block("a", str(layout / "a")))
+    server = start(config)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            assert grpc_code(lambda: predict(channel, "b")) == grpc.StatusCode.NOT_FOUND
+            response = stub.HandleReloadConfigRequest(reload_request(
+                model_block("a", str(layout / "a"), "specific { versions: 1 }"),
+                model_block("b", str(layout / "b"))), timeout=60)
+            assert response.status.error_code == 0
+            wait_for(lambda: status(channel, "a") == {1: "AVAILABLE", 2: "END"}, timeout=30)
+            assert predict(channel, "a")[:2] == ("a", 1)  # pinned to version 1 by the request
+            assert predict(channel, "b")[:2] == ("b", 1)  # added by the request
+
+            bad = reload_request(model_block("c", str(layout / "no-such-folder")))
+            with pytest.raises(grpc.RpcError) as err:
+                stub.HandleReloadConfigRequest(bad, timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "no-such-folder" in err.value.details() and "ReloadConfigRequest" in err.value.details()
+            assert predict(channel, "b")[:2] == ("b", 1)  # the running config stays
+    finally:
+        server.stop(grace=1)
+
+    single = ModelServer(ServerOptions(model_base_path=str(export_dir.parent), port=0, poll_seconds=0))
+    single.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{single.port}") as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.HandleReloadConfigRequest(reload_request(model_block("b", str(layout / "b"))), timeout=60)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--model-config-file" in err.value.details()
+    finally:
+        single.stop(grace=1)

@@ -1,11 +1,14 @@
-"""The inputs a job encodes: the `Source` base and its shared helpers, a folder of images
-and .npy arrays here; a tfds split in `datasets`, TFRecord files in `tfrecords`;
-`inputs.open_source` opens the one a job names.
+"""The inputs of encoding and training: the `Source` base and its shared helpers, a folder
+of images and .npy arrays here; a tfds split in `datasets`, TFRecord files in `tfrecords`;
+`open.open_source` opens the one a `SourceSpec` names.
 
 Each source lists its inputs in a fixed order when opened, so input number `i` is the
-same input on every run (that is what makes shards resumable), and reads any range of
-positions as batches of float32 images in [0, 1] of the model's shape. Sources hold only
-plain data, so a Beam runner can pickle them to its workers; readers open lazily.
+same input on every run (that is what makes encode shards resumable and training splits
+reproducible), and reads any range of positions as batches of float32 images in [0, 1]
+of the wanted shape. Labels come from the source where it has them (class subfolders of
+an image folder, a TFRecord label feature, a tfds `label`) or from a labels .npy.
+Sources hold only plain data, so a Beam runner can pickle them to its workers; readers
+open lazily.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from pipelines.encode import images as I
-from pipelines.encode.config import EncodeConfig, EncodeError
+from pipelines.sources import images as I
+from pipelines.sources.spec import SourceError, SourceSpec
 
 
 @dataclasses.dataclass
@@ -87,11 +90,11 @@ def expand_paths(patterns, what: str) -> list[str]:
         if any(ch in pattern for ch in "*?["):
             matches = sorted(tf.io.gfile.glob(pattern))
             if not matches:
-                raise EncodeError(f"{what} pattern {pattern} matches no file")
+                raise SourceError(f"{what} pattern {pattern} matches no file")
         elif tf.io.gfile.exists(pattern) and not tf.io.gfile.isdir(pattern):
             matches = [pattern]
         else:
-            raise EncodeError(f"{what} file {pattern} does not exist")
+            raise SourceError(f"{what} file {pattern} does not exist")
         files += [m if "://" in m else os.path.abspath(m) for m in matches if m not in files]
     return files
 
@@ -115,10 +118,27 @@ class Source:
     has_labels = False
     _transient: tuple[str, ...] = ()
 
-    def __init__(self, config: EncodeConfig, image_shape):
-        self.config = config
+    def __init__(self, spec: SourceSpec, image_shape):
+        self.spec = spec
         self.image_shape = tuple(image_shape)
         self.problems: list[dict] = []  # file-level bad inputs found when opening (with --skip-bad)
+        self.class_names: list[str] | None = None  # the classes' names, where the source has them
+        self.label_override: np.ndarray | None = None  # (N,) int64 from a labels .npy
+
+    def input_files(self) -> list[str]:
+        """The files the source reads (empty for a tfds split: its version names it)."""
+        return []
+
+    def first_shape(self) -> tuple[int, int, int] | None:
+        """The (h, w, c) of the first input as stored, or None when it cannot be told."""
+        return None
+
+    def batches(self, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
+        """Positions [start, stop) in order, `batch_size` positions per Batch."""
+        for batch in self._batches(start, stop, batch_size):
+            if self.label_override is not None:
+                batch.labels = [int(self.label_override[i]) for i in batch.indices]
+            yield batch
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -128,10 +148,12 @@ class Source:
         raise NotImplementedError
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.describe().items() if k != "location"}
+        identity = {k: v for k, v in self.describe().items() if k != "location"}
+        if self.spec.labels_file:
+            identity["labels_file"] = self.spec.labels_file
+        return identity
 
-    def batches(self, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
-        """Positions [start, stop) in order, `batch_size` positions per Batch."""
+    def _batches(self, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
         raise NotImplementedError
 
     def __getstate__(self):
@@ -141,17 +163,22 @@ class Source:
 # === A folder of image files ===
 class ImageFolderSource(Source):
     """PNG and JPEG files under a folder (recursively), in sorted order of their relative
-    paths, which are their ids. No labels."""
+    paths, which are their ids.
+
+    Labels as `keras.utils.image_dataset_from_directory` infers them: when every image
+    lies in a subfolder, each top-level subfolder is a class (named after it, numbered
+    in sorted order); images directly in the folder mean no labels.
+    """
 
     kind = "images"
     _transient = ("_pool",)
 
-    def __init__(self, config: EncodeConfig, image_shape):
-        super().__init__(config, image_shape)
-        root = config.paths[0]
+    def __init__(self, spec: SourceSpec, image_shape):
+        super().__init__(spec, image_shape)
+        root = spec.paths[0]
         self.root = root if "://" in root else os.path.abspath(root)
         if not tf.io.gfile.isdir(self.root):
-            raise EncodeError(f"--images {self.root} is not a folder")
+            raise SourceError(f"--images {self.root} is not a folder")
         names = []
         for folder, _, files in tf.io.gfile.walk(self.root):
             rel = os.path.relpath(folder, self.root)
@@ -159,30 +186,51 @@ class ImageFolderSource(Source):
                       for f in files if f.lower().endswith(I.IMAGE_EXTENSIONS)]
         self.names = sorted(names)
         if not self.names:
-            raise EncodeError(f"--images {self.root} holds no {'/'.join(I.IMAGE_EXTENSIONS)} files")
-        listing = "".join(f"{n}\t{file_size(os.path.join(self.root, n))}\n" for n in self.names)
+            raise SourceError(f"--images {self.root} holds no {'/'.join(I.IMAGE_EXTENSIONS)} files")
+        self.sizes = [file_size(os.path.join(self.root, n)) for n in self.names]
+        listing = "".join(f"{n}\t{s}\n" for n, s in zip(self.names, self.sizes))
         self.fingerprint = hashlib.sha256(listing.encode()).hexdigest()
+        self.labels: list[int | None] = [None] * len(self.names)
+        if all("/" in n for n in self.names):
+            classes = sorted({n.split("/", 1)[0] for n in self.names})
+            index = {c: i for i, c in enumerate(classes)}
+            self.class_names = classes
+            self.labels = [index[n.split("/", 1)[0]] for n in self.names]
+            self.has_labels = True
+
+    def input_files(self) -> list[str]:
+        return [os.path.join(self.root, n) for n in self.names]
+
+    def first_shape(self):
+        try:
+            with tf.io.gfile.GFile(self.input_files()[0], "rb") as f:
+                return tuple(I.decode_image(f.read()).shape)
+        except I.BadInput as err:
+            raise SourceError(f"bad input {self.names[0]}: {err}") from None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "folder": self.root, "num_inputs": len(self.names),
-                "listing_sha256": self.fingerprint}
+        described = {"kind": self.kind, "folder": self.root, "num_inputs": len(self.names),
+                     "listing_sha256": self.fingerprint}
+        if self.class_names is not None:
+            described["class_names"] = self.class_names
+        return described
 
     def _read(self, index: int):
         name = self.names[index]
         try:
             with tf.io.gfile.GFile(os.path.join(self.root, name), "rb") as f:
                 data = f.read()
-            image = I.conform(I.decode_image(data), self.image_shape, self.config.resize)
+            image = I.conform(I.decode_image(data), self.image_shape, self.spec.resize)
         except I.BadInput as err:
             image = err
         except (OSError, tf.errors.OpError) as err:
             image = I.BadInput(f"cannot read the file: {err}")
-        return index, name, None, image
+        return index, name, self.labels[index], image
 
-    def batches(self, start, stop, batch_size):
+    def _batches(self, start, stop, batch_size):
         if getattr(self, "_pool", None) is None:  # Pillow decodes without holding the GIL
             self._pool = concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 2))
         for first in range(start, stop, batch_size):
@@ -198,19 +246,19 @@ class NpySource(Source):
     kind = "npy"
     _transient = ("_arrays",)
 
-    def __init__(self, config: EncodeConfig, image_shape):
-        super().__init__(config, image_shape)
-        self.files = expand_paths(config.paths, "--npy")
+    def __init__(self, spec: SourceSpec, image_shape):
+        super().__init__(spec, image_shape)
+        self.files = expand_paths(spec.paths, "--npy")
         self.names = file_names(self.files)
         self.shapes, self.dtypes = [], []
         for path in self.files:
             array = self._open(path)
             shape = array.shape[1:] + ((1,) if array.ndim == 3 else ())
             if array.ndim not in (3, 4) or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-                raise EncodeError(f"{path} holds a {array.dtype} array of shape {array.shape}; "
+                raise SourceError(f"{path} holds a {array.dtype} array of shape {array.shape}; "
                                   f"expected images (N, H, W) or (N, H, W, C) of numbers")
-            if shape != self.image_shape and not config.resize:
-                raise EncodeError(f"{path} holds {I.shape_text(shape)} images, the model expects "
+            if shape != self.image_shape and not spec.resize:
+                raise SourceError(f"{path} holds {I.shape_text(shape)} images, the model expects "
                                   f"{I.shape_text(self.image_shape)}; pass --resize")
             self.shapes.append(list(array.shape))
             self.dtypes.append(str(array.dtype))
@@ -224,17 +272,24 @@ class NpySource(Source):
             with tf.io.gfile.GFile(path, "rb") as f:
                 return np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
-            raise EncodeError(f"cannot read {path} as a .npy array: {err}") from None
+            raise SourceError(f"cannot read {path} as a .npy array: {err}") from None
 
     def __len__(self) -> int:
         return self.offsets[-1]
+
+    def input_files(self) -> list[str]:
+        return list(self.files)
+
+    def first_shape(self):
+        shape = tuple(self.shapes[0][1:])
+        return shape + (1,) if len(shape) == 2 else shape
 
     def describe(self) -> dict:
         files = [{"path": p, "shape": s, "dtype": d, "bytes": file_size(p)}
                  for p, s, d in zip(self.files, self.shapes, self.dtypes)]
         return {"kind": self.kind, "files": files, "num_inputs": len(self)}
 
-    def batches(self, start, stop, batch_size):
+    def _batches(self, start, stop, batch_size):
         if getattr(self, "_arrays", None) is None:
             self._arrays = [self._open(p) for p in self.files]
         for first in range(start, stop, batch_size):
@@ -246,5 +301,5 @@ class NpySource(Source):
                 raw = np.asarray(self._arrays[f][rows.start:rows.stop])
                 ids = [f"{self.names[f]}:{r}" for r in rows]
                 yield array_batch(list(range(first, end)), ids, [None] * len(ids), raw,
-                                   self.image_shape, self.config.resize)
+                                   self.image_shape, self.spec.resize)
                 first = end

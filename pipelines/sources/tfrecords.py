@@ -14,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from pipelines.encode import images as I
+from pipelines.sources import images as I
 from serving.errors import tf_error_message
-from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.sources import Source, assemble, expand_paths, file_names, file_size
+from pipelines.sources.spec import SourceError, SourceSpec
+from pipelines.sources.base import Source, assemble, expand_paths, file_names, file_size
 
 
 def _count_records(path: str) -> tuple[int, str | None]:
@@ -42,9 +42,9 @@ class TFRecordSource(Source):
 
     kind = "tfrecord"
 
-    def __init__(self, config: EncodeConfig, image_shape):
-        super().__init__(config, image_shape)
-        self.files = expand_paths(config.paths, "--tfrecord")
+    def __init__(self, spec: SourceSpec, image_shape):
+        super().__init__(spec, image_shape)
+        self.files = expand_paths(spec.paths, "--tfrecord")
         self.names = file_names(self.files)
         self.counts = []
         for name, path in zip(self.names, self.files):
@@ -53,28 +53,44 @@ class TFRecordSource(Source):
                 problem = {"index": None, "id": f"{name}:{count}",
                            "reason": f"corrupt TFRecord data from record {count} on ({error}); the "
                                      f"rest of the file is unreadable"}
-                if not config.skip_bad:
-                    raise EncodeError(f"bad input {problem['id']}: {problem['reason']} (pass --skip-bad "
-                                      f"to encode the readable records and record this in the manifest)")
+                if not spec.skip_bad:
+                    raise SourceError(f"bad input {problem['id']}: {problem['reason']} (pass --skip-bad "
+                                      f"to read the records before it and list this one as skipped)")
                 self.problems.append(problem)
             self.counts.append(count)
         self.offsets = np.cumsum([0] + self.counts).tolist()
-        self.has_labels = config.label_feature is not None
+        self.has_labels = spec.label_feature is not None
         self.pixels = math.prod(self.image_shape)
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def input_files(self) -> list[str]:
+        return list(self.files)
+
+    def first_shape(self):
+        for f, path in enumerate(self.files):
+            if self.counts[f]:
+                record = next(iter(tf.data.TFRecordDataset(path).take(1))).numpy()
+                try:
+                    features = tf.train.Example.FromString(record).features.feature
+                    feature = features[self.spec.image_feature]
+                    data = feature.bytes_list.value[0] if feature.bytes_list.value else b""
+                    return tuple(I.decode_image(data).shape) if I.looks_encoded(data) else None
+                except (DecodeError, KeyError, I.BadInput):
+                    return None
+        return None
+
     def describe(self) -> dict:
         files = [{"path": p, "records": n, "bytes": file_size(p)} for p, n in zip(self.files, self.counts)]
-        return {"kind": self.kind, "files": files, "image_feature": self.config.image_feature,
-                "label_feature": self.config.label_feature, "id_feature": self.config.id_feature,
+        return {"kind": self.kind, "files": files, "image_feature": self.spec.image_feature,
+                "label_feature": self.spec.label_feature, "id_feature": self.spec.id_feature,
                 "num_inputs": len(self)}
 
     # === One record ===
     def _pixels(self, feature) -> np.ndarray:
         kind = feature.WhichOneof("kind")
-        name = self.config.image_feature
+        name = self.spec.image_feature
         if kind == "bytes_list":
             if len(feature.bytes_list.value) != 1:
                 raise I.BadInput(f"feature {name!r} holds {len(feature.bytes_list.value)} byte strings, expected 1")
@@ -101,10 +117,10 @@ class TFRecordSource(Source):
         except DecodeError as err:
             return key, None, I.BadInput(f"not a serialized tf.train.Example: {err}")
         label = None
-        if self.config.label_feature and self.config.label_feature in features:
-            values = features[self.config.label_feature].int64_list.value
+        if self.spec.label_feature and self.spec.label_feature in features:
+            values = features[self.spec.label_feature].int64_list.value
             label = int(values[0]) if values else None
-        id_name = self.config.id_feature
+        id_name = self.spec.id_feature
         if id_name:
             if id_name not in features:
                 return key, label, I.BadInput(f"no id feature {id_name!r}")
@@ -113,17 +129,17 @@ class TFRecordSource(Source):
             if len(values) != 1:
                 return key, label, I.BadInput(f"id feature {id_name!r} must hold one value")
             key = values[0].decode("utf-8", "replace") if isinstance(values[0], bytes) else str(values[0])
-        if self.config.image_feature not in features:
-            return key, label, I.BadInput(f"no feature {self.config.image_feature!r} "
+        if self.spec.image_feature not in features:
+            return key, label, I.BadInput(f"no feature {self.spec.image_feature!r} "
                                           f"(features: {sorted(features.keys())}); see --image-feature")
         try:
-            image = I.conform(self._pixels(features[self.config.image_feature]), self.image_shape,
-                              self.config.resize)
+            image = I.conform(self._pixels(features[self.spec.image_feature]), self.image_shape,
+                              self.spec.resize)
         except I.BadInput as err:
             image = err
         return key, label, image
 
-    def batches(self, start, stop, batch_size):
+    def _batches(self, start, stop, batch_size):
         items = []
         for f, (name, path) in enumerate(zip(self.names, self.files)):
             first, last = max(start, self.offsets[f]), min(stop, self.offsets[f + 1])

@@ -1,13 +1,13 @@
-"""A split of a tensorflow-datasets image dataset as an input."""
+"""A split of a tensorflow-datasets image dataset as a source."""
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from pipelines.encode import images as I
-from pipelines.encode.config import EncodeConfig, EncodeError
-from pipelines.encode.sources import Source, array_batch, assemble
+from pipelines.sources import images as I
+from pipelines.sources.spec import SourceError, SourceSpec
+from pipelines.sources.base import Source, array_batch, assemble
 
 
 class TfdsSource(Source):
@@ -21,17 +21,17 @@ class TfdsSource(Source):
     kind = "tfds"
     _transient = ("_builder", "_tfds")
 
-    def __init__(self, config: EncodeConfig, image_shape):
-        super().__init__(config, image_shape)
+    def __init__(self, spec: SourceSpec, image_shape):
+        super().__init__(spec, image_shape)
         builder = self._load_builder()
         features = builder.info.features
         if "image" not in features:
-            raise EncodeError(f"dataset {config.dataset!r} has no 'image' feature "
+            raise SourceError(f"dataset {spec.dataset!r} has no 'image' feature "
                               f"(features: {sorted(features.keys())})")
         try:
-            instructions = self._tfds.core.ReadInstruction.from_spec(config.split).to_absolute(builder.info.splits)
+            instructions = self._tfds.core.ReadInstruction.from_spec(spec.split).to_absolute(builder.info.splits)
         except (KeyError, ValueError, AssertionError) as err:
-            raise EncodeError(f"split {config.split!r} is not in dataset {config.dataset!r} "
+            raise SourceError(f"split {spec.split!r} is not in dataset {spec.dataset!r} "
                               f"(splits: {sorted(builder.info.splits.keys())}): {err}") from None
         sizes = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
         # [(split name, first index, end index)], each a plain slice tfds reads directly.
@@ -42,11 +42,13 @@ class TfdsSource(Source):
         self.offsets = np.cumsum([0] + [end - first for _, first, end in self.ranges]).tolist()
         image = features["image"]
         self.feature_shape = tuple(image.shape)
-        if self.feature_shape != self.image_shape and not config.resize:
-            raise EncodeError(f"dataset {config.dataset!r} has {I.shape_text(self.feature_shape)} images, "
+        if self.feature_shape != self.image_shape and not spec.resize:
+            raise SourceError(f"dataset {spec.dataset!r} has {I.shape_text(self.feature_shape)} images, "
                               f"the model expects {I.shape_text(self.image_shape)}; pass --resize")
         self.encoded = image.np_dtype == np.uint8 and self.feature_shape[-1] in (1, 3, 4)
         self.has_labels = "label" in features
+        names = getattr(features["label"], "names", None) if self.has_labels else None
+        self.class_names = [str(n) for n in names] if names else None
         self.version = str(builder.info.version)
         self.location = builder.data_dir
         self._builder = builder
@@ -56,10 +58,10 @@ class TfdsSource(Source):
 
         self._tfds = tfds
         try:
-            builder = tfds.builder(self.config.dataset, data_dir=self.config.data_dir)
+            builder = tfds.builder(self.spec.dataset, data_dir=self.spec.data_dir)
         except tfds.core.registered.DatasetNotFoundError as err:
             first = (str(err).strip().splitlines() or ["not found"])[0]
-            raise EncodeError(f"unknown dataset {self.config.dataset!r}: {first}") from None
+            raise SourceError(f"unknown dataset {self.spec.dataset!r}: {first}") from None
         if builder.is_prepared():
             return builder
         # Only here, for a dataset not yet prepared: the project's offline preparation.
@@ -67,16 +69,19 @@ class TfdsSource(Source):
         from pipelines.data import DataError, get_builder
 
         try:
-            return get_builder(DataConfig(dataset=self.config.dataset, data_dir=self.config.data_dir))
+            return get_builder(DataConfig(dataset=self.spec.dataset, data_dir=self.spec.data_dir))
         except DataError as err:
-            raise EncodeError(str(err)) from None
+            raise SourceError(str(err)) from None
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def first_shape(self):
+        return None if None in self.feature_shape else tuple(self.feature_shape)
+
     def describe(self) -> dict:
-        return {"kind": self.kind, "dataset": self.config.dataset, "version": self.version,
-                "split": self.config.split, "num_inputs": len(self), "location": self.location}
+        return {"kind": self.kind, "dataset": self.spec.dataset, "version": self.version,
+                "split": self.spec.split, "num_inputs": len(self), "location": self.location}
 
     def _dataset(self, name: str, first: int, end: int) -> tf.data.Dataset:
         """Examples [first, end) of split `name` as (image, label), through tfds."""
@@ -134,7 +139,7 @@ class TfdsSource(Source):
         parsed = records.batch(1024).map(lambda s: tf.io.parse_example(s, spec)).unbatch()
         return parsed.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
 
-    def batches(self, start, stop, batch_size):
+    def _batches(self, start, stop, batch_size):
         if getattr(self, "_builder", None) is None:
             self._builder = self._load_builder()
         for r, (name, first, end) in enumerate(self.ranges):
@@ -150,7 +155,7 @@ class TfdsSource(Source):
                 indices = list(range(position, position + len(labels)))
                 position += len(labels)
                 ids = [f"{name}:{i + offset}" for i in indices]
-                yield array_batch(indices, ids, self._labels(labels), raw, self.image_shape, self.config.resize)
+                yield array_batch(indices, ids, self._labels(labels), raw, self.image_shape, self.spec.resize)
 
     def _labels(self, labels: np.ndarray) -> list[int | None]:
         return labels.tolist() if self.has_labels else [None] * len(labels)
@@ -159,7 +164,7 @@ class TfdsSource(Source):
         items = []
         for index, (image, label) in enumerate(ds.as_numpy_iterator(), start):
             try:
-                image = I.conform(image, self.image_shape, self.config.resize)
+                image = I.conform(image, self.image_shape, self.spec.resize)
             except I.BadInput as err:
                 image = err
             items.append((index, f"{name}:{index + offset}", self._labels(np.array([label]))[0], image))
