@@ -152,7 +152,8 @@ class TrainConfig(ConfigBase):
         tensorboard: write TensorBoard logs to `workdir/logs`.
         max_train_seconds: a wall-clock budget for the training steps (0: none);
             training stops when it is used up, mid-epoch if need be. The seconds used
-            are checkpointed, so a resumed run finishes the same budget.
+            are checkpointed, so a resumed run finishes the same budget. Refused with
+            several workers (each keeps its own clock).
         lr_schedule: `constant`, or the learning rate decayed to zero over the run,
             `linear` or `cosine`: over the seconds of `max_train_seconds` when a budget
             is set (by the training seconds used so far, checkpointed, so a resumed run

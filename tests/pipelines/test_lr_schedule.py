@@ -167,3 +167,20 @@ def test_the_kl_warmup_by_run_fraction_ramps_the_models_kl_weight_to_beta(tmp_pa
     # During the ramp the objective weighs the KL by less than beta.
     assert first["loss"] < first["reconstruction"] + 0.8 * first["kl"] - 1e-3
     assert float(model.kl_weight(training=True)) == pytest.approx(0.8)
+
+
+def test_several_workers_with_a_time_budget_are_refused_since_each_keeps_its_own_clock(tmp_path, monkeypatch):
+    import json
+
+    from pipelines.distribute import Cluster
+
+    cluster_spec = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster_spec, "task": {"type": "worker", "index": 1}}))
+    cluster = Cluster(tf.distribute.get_strategy(), "multiworker", "worker", 1)
+    assert cluster.workers == 2
+    train, val = tiny_data()
+    trainer = Trainer(tiny_model(), cluster, global_batch=32, workdir=tmp_path, tensorboard=False,
+                      lr_schedule="linear")
+    with pytest.raises(ConfigError, match="train.max_train_seconds cannot be used with several workers"):
+        trainer.fit(train, val, epochs=1, steps_per_epoch=2, max_seconds=60.0, verbose=0)
+    assert int(trainer.optimizer.iterations.numpy()) == 0  # refused before any step
