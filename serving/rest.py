@@ -276,6 +276,10 @@ class RestServer:
                 dispatcher.close()
 
         if self._thread.is_alive():
-            self._server.trigger.pull_trigger(close_all)
+            try:
+                self._server.trigger.pull_trigger(close_all)
+            except OSError:  # the wake-up pipe is gone: close from here; the loop ends on an empty map
+                log.warning("REST server's wake-up pipe was closed; closing its connections directly")
+                close_all()
             self._thread.join(timeout=10)
         self._server.task_dispatcher.shutdown(timeout=5)
