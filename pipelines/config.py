@@ -61,6 +61,11 @@ class DataConfig(ConfigBase):
             images per class (drawn by `train.seed`, balanced, recorded in the workdir's
             `labelled.json`); every other training image gets the label -1 (unlabelled).
             None keeps every label.
+        labelled_share: for `model.kind=m2` with `labelled_per_class`: every training
+            batch holds exactly round(share * batch_size) labelled examples (the labelled
+            subset repeated as often as needed, reshuffled each pass) and unlabelled ones
+            for the rest, the rows mixed within the batch; in (0, 1). None draws batches
+            from the whole split, labelled examples in their natural proportion.
     """
 
     source: str = "tfds"
@@ -88,6 +93,7 @@ class DataConfig(ConfigBase):
     cache: bool = True
     in_memory_max_mb: int = 1024
     labelled_per_class: int | None = None
+    labelled_share: float | None = None
 
     def __post_init__(self) -> None:
         require_choice(self, "source", SOURCE_KINDS)
@@ -103,6 +109,8 @@ class DataConfig(ConfigBase):
                 "must be two positive integers")
         require(self, "labelled_per_class", self.labelled_per_class is None or self.labelled_per_class >= 1,
                 "must be >= 1 or null")
+        require(self, "labelled_share", self.labelled_share is None or 0 < self.labelled_share < 1,
+                "must be in (0, 1) or null")
 
     @property
     def own(self) -> bool:
@@ -233,7 +241,23 @@ class RunConfig(ConfigBase):
         require(self.data, "labelled_per_class",
                 self.data.labelled_per_class is None or self.model.kind == "m2",
                 f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
+        if self.data.labelled_share is not None:
+            require(self.data, "labelled_share", self.model.kind == "m2",
+                    f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
+            require(self.data, "labelled_share", self.data.labelled_per_class is not None,
+                    "needs data.labelled_per_class (--labelled-per-class), the labelled subset it feeds")
+            batch, labelled = self.train.batch_size, self.labelled_per_batch
+            require(self.data, "labelled_share", 1 <= labelled < batch,
+                    f"must leave labelled and unlabelled examples in every batch of "
+                    f"train.batch_size={batch} (it gives {labelled} labelled)")
         return self
+
+    @property
+    def labelled_per_batch(self) -> int | None:
+        """The labelled examples of every training batch: round(`data.labelled_share` x
+        `train.batch_size`); None without a share (the natural proportion)."""
+        share = self.data.labelled_share
+        return None if share is None else round(share * self.train.batch_size)
 
     def save(self, path: str | Path) -> None:
         save_config(self, path)

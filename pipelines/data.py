@@ -221,13 +221,15 @@ def split_labels(builder, split: str) -> np.ndarray:
 
 
 def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
-                     seed: int, repeat: bool = False, labelled: np.ndarray | None = None) -> tf.data.Dataset:
+                     seed: int, repeat: bool = False, labelled: np.ndarray | None = None,
+                     labelled_per_batch: int | None = None) -> tf.data.Dataset:
     """Shuffled batches of (images in [0, 1], labels) for training.
 
     With `binarize`, each batch is a fresh Bernoulli draw of the intensities, so an image
     is binarised anew every time it is seen (dynamic binarisation). With `labelled`, a
     boolean mask over the split's examples in stored order, the label of every example
-    outside the mask is -1 (semi-supervised training).
+    outside the mask is -1 (semi-supervised training); with `labelled_per_batch` too,
+    every batch holds that many labelled examples (`shuffled_batches`).
     """
     shape = image_shape(builder, config)
     num_examples(builder, split)
@@ -242,13 +244,22 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
     if config.cache:
         ds = ds.cache()
     return shuffled_batches(ds, batch_size, binarize=binarize, seed=seed, repeat=repeat,
-                            shuffle_buffer=config.shuffle_buffer)
+                            shuffle_buffer=config.shuffle_buffer, labelled_per_batch=labelled_per_batch)
 
 
 def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int, repeat: bool,
-                     shuffle_buffer: int) -> tf.data.Dataset:
+                     shuffle_buffer: int, labelled_per_batch: int | None = None) -> tf.data.Dataset:
     """(image, label) examples (uint8 or float32 images) -> shuffled batches of (images in
-    [0, 1], labels), each binarised anew with `binarize` (see `training_dataset`)."""
+    [0, 1], labels), each binarised anew with `binarize` (see `training_dataset`).
+
+    With `labelled_per_batch` L (`data.labelled_share`), the batches are repeated and each
+    holds L labelled examples (label >= 0; the small labelled set is cached in memory and
+    reshuffled on each of its passes) and `batch_size` - L unlabelled ones, rows mixed
+    (`_mix_rows`).
+    """
+    if labelled_per_batch is not None:
+        return _mixed_shuffled_batches(ds, batch_size, labelled_per_batch, binarize=binarize, seed=seed,
+                                       shuffle_buffer=shuffle_buffer)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -270,6 +281,47 @@ def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, se
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def _batch_keys(seed: int, number) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two stateless keys of global batch `number`: the order of its rows, its binarisation."""
+    keys = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), number]), num=2)
+    return keys[0], keys[1]
+
+
+def _mix_rows(first, second, key):
+    """The rows of two batches (tensors, or tuples of them) concatenated and put in an order
+    drawn by `key`, so that every replica's slice of a global batch gets rows of both."""
+    rows = tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), first, second)
+    size = tf.shape(tf.nest.flatten(rows)[0])[0]
+    order = tf.argsort(tf.random.stateless_uniform([size], seed=key))
+    return tf.nest.map_structure(lambda t: tf.gather(t, order), rows)
+
+
+def _mixed_shuffled_batches(ds: tf.data.Dataset, batch_size: int, labelled_per_batch: int, *,
+                            binarize: bool, seed: int, shuffle_buffer: int) -> tf.data.Dataset:
+    """`shuffled_batches` of a fixed number of labelled examples per batch."""
+
+    def kind(keep, size: int, salt: int, cache: bool) -> tf.data.Dataset:
+        part = ds.filter(lambda image, label: keep(label))
+        if cache:
+            part = part.cache()
+        part = part.shuffle(shuffle_buffer, seed=seed + salt, reshuffle_each_iteration=True)
+        return part.repeat().batch(size, drop_remainder=True)
+
+    labelled = kind(lambda label: label >= 0, labelled_per_batch, 0, cache=True)
+    unlabelled = kind(lambda label: label < 0, batch_size - labelled_per_batch, 1, cache=False)
+
+    def prepare(first, second, number):
+        order_key, noise_key = _batch_keys(seed, number)
+        images, labels = _mix_rows(first, second, order_key)
+        x = _to_float(images)
+        if binarize:
+            x = _binarize(x, noise_key)
+        return x, labels
+
+    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
     """MB of the split's decoded uint8 images."""
     height, width, channels = image_shape(builder, config)
@@ -277,8 +329,8 @@ def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
 
 
 def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_size: int, *,
-                               binarize: bool, seed: int,
-                               labelled: np.ndarray | None = None) -> tf.data.Dataset:
+                               binarize: bool, seed: int, labelled: np.ndarray | None = None,
+                               labelled_per_batch: int | None = None) -> tf.data.Dataset:
     """Repeated global batches of (images in [0, 1], labels) from the split held in memory.
 
     The split is decoded once into a uint8 array. Each epoch is a fresh permutation
@@ -286,7 +338,8 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     dropped); each batch is gathered by index, and with `binarize` it is a fresh
     Bernoulli draw keyed by (seed, global batch number), so every epoch sees new
     binarisations. With `labelled` (a boolean mask over the split in stored order) the
-    other examples carry the label -1.
+    other examples carry the label -1; with `labelled_per_batch` too, every batch holds
+    that many labelled examples (`in_memory_batches`).
     """
     shape = image_shape(builder, config)
     count = num_examples(builder, split)
@@ -297,19 +350,30 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     images, labels = next(iter(ds))  # (N, H, W, C) uint8, (N,)
     if labelled is not None:
         labels = tf.where(tf.constant(labelled, tf.bool), labels, tf.constant(-1, tf.int64))
-    return in_memory_batches(images, labels, batch_size, binarize=binarize, seed=seed)
+    return in_memory_batches(images, labels, batch_size, binarize=binarize, seed=seed,
+                             labelled_per_batch=labelled_per_batch)
 
 
-def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: int) -> tf.data.Dataset:
+def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: int,
+                      labelled_per_batch: int | None = None) -> tf.data.Dataset:
     """Repeated batches gathered by index from images held in memory ((N, H, W, C) uint8 or
     float32, (N,) int64 labels): a fresh permutation every epoch, fresh binarisations
-    (see `in_memory_training_dataset`)."""
+    (see `in_memory_training_dataset`).
+
+    With `labelled_per_batch` L (`data.labelled_share`), each batch holds L labelled
+    examples (label >= 0) and `batch_size` - L unlabelled ones: two endless streams of
+    indices, each a fresh permutation of its kind on every pass (the small labelled set
+    passes many times), the rows mixed (`_mix_rows`).
+    """
     images = tf.convert_to_tensor(images)
     labels = tf.convert_to_tensor(labels, tf.int64)
     count = int(images.shape[0])
     steps = count // batch_size
     if steps < 1:
         raise DataError(f"the training images ({count}) are fewer than one batch of {batch_size}")
+    if labelled_per_batch is not None:
+        return _in_memory_mixed_batches(images, labels, batch_size, labelled_per_batch,
+                                        binarize=binarize, seed=seed)
     seed = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch):
@@ -325,6 +389,40 @@ def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: 
         return x, tf.gather(labels, index)
 
     ds = tf.data.Dataset.counter().flat_map(epoch_batches)
+    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _in_memory_mixed_batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, labelled_per_batch: int,
+                             *, binarize: bool, seed: int) -> tf.data.Dataset:
+    """`in_memory_batches` of a fixed number of labelled examples per batch."""
+    known = labels.numpy() >= 0
+    if known.all() or not known.any():
+        raise DataError(f"a fixed labelled share of each batch needs labelled and unlabelled training "
+                        f"images; these {len(known)} are all {'labelled' if known.any() else 'unlabelled'}")
+
+    def passes(indices: np.ndarray, salt: int) -> tf.data.Dataset:
+        """`indices` without end, in a fresh order (keyed by the seed and the pass) each pass."""
+        indices = tf.constant(indices, tf.int64)
+
+        def one_pass(number):
+            key = tf.stack([tf.constant(seed, tf.int64), 2 * number + salt])
+            order = tf.argsort(tf.random.stateless_uniform(tf.shape(indices), seed=key))
+            return tf.data.Dataset.from_tensor_slices(tf.gather(indices, order))
+
+        return tf.data.Dataset.counter().flat_map(one_pass)
+
+    labelled = passes(np.flatnonzero(known), 0).batch(labelled_per_batch, drop_remainder=True)
+    unlabelled = passes(np.flatnonzero(~known), 1).batch(batch_size - labelled_per_batch, drop_remainder=True)
+
+    def gather(first, second, number):
+        order_key, noise_key = _batch_keys(seed, number)
+        index = _mix_rows(first, second, order_key)
+        x = _to_float(tf.gather(images, index))
+        if binarize:
+            x = _binarize(x, noise_key)
+        return x, tf.gather(labels, index)
+
+    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -169,9 +169,10 @@ class OwnData:
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec((), tf.int64)))
 
     def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
-              shuffle_buffer: int = 60_000) -> tf.data.Dataset:
+              shuffle_buffer: int = 60_000, labelled_per_batch: int | None = None) -> tf.data.Dataset:
         """Repeated shuffled batches of the training split; `labelled` (a mask over the
-        split's images) leaves the label of the others -1."""
+        split's images) leaves the label of the others -1; `labelled_per_batch` puts that
+        many labelled images in every batch (`data.in_memory_batches`, `data.shuffled_batches`)."""
         positions = self.splits["train"]
         labels = self.labels[positions]
         if labelled is not None:
@@ -181,9 +182,10 @@ class OwnData:
                                  f"batch of {batch_size}; lower --batch-size")
         if self.images is not None:
             return data.in_memory_batches(self.images[positions], labels, batch_size, binarize=binarize,
-                                          seed=seed)
+                                          seed=seed, labelled_per_batch=labelled_per_batch)
         return data.shuffled_batches(self._examples(positions, labels), batch_size, binarize=binarize,
-                                     seed=seed, repeat=True, shuffle_buffer=min(shuffle_buffer, len(positions)))
+                                     seed=seed, repeat=True, shuffle_buffer=min(shuffle_buffer, len(positions)),
+                                     labelled_per_batch=labelled_per_batch)
 
     def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
                    limit: int | None = None) -> tf.data.Dataset:

@@ -34,6 +34,7 @@ TRAIN_FLAGS = {
     "kind": "model.kind",
     "condition": "model.condition",
     "labelled_per_class": "data.labelled_per_class",
+    "labelled_share": "data.labelled_share",
     "architecture": "model.architecture",
     "latent_dim": "model.latent_dim",
     "likelihood": "model.likelihood",
@@ -80,6 +81,9 @@ def _add_train(subparsers) -> None:
                    help="what a cvae is conditioned on: the label, or an observed half")
     p.add_argument("--labelled-per-class", type=int,
                    help="m2: labelled training images per class (the rest get the label -1)")
+    p.add_argument("--labelled-share", type=float, metavar="S",
+                   help="m2 with --labelled-per-class: the share of every batch that is labelled "
+                   "(default: the natural proportion)")
     p.add_argument("--architecture", choices=ARCHITECTURES)
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--likelihood", choices=LIKELIHOODS)

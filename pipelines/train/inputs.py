@@ -37,11 +37,17 @@ def resolve_model(config: RunConfig, builder=None, own: OwnData | None = None) -
     labelled subset when `data.labelled_per_class` is set (drawn by `train.seed`).
 
     M2's alpha (the weight of -log q(y|x) on each labelled example of the per-example
-    mean) defaults to 0.1 * (N / N_labelled)^2: the mean classification loss over the
-    labelled examples then weighs 0.1 * N / N_labelled against the mean ELBO. With every
-    label it is the paper's alpha = 0.1 N; with few labels it is N / N_labelled times
-    stronger, which measured better (`benchmarks/semi_supervised.py`, 100 labels per
-    class, 120 s: test accuracy 0.70 with the paper's 6, 0.754 with 60, 0.766 with 600).
+    mean) defaults to 0.1 * (N / N_labelled) / s, s the labelled share of a batch: the
+    mean classification loss over the labelled examples then weighs 0.1 * N / N_labelled
+    against the mean ELBO. Without `data.labelled_share`, s = N_labelled / N (the natural
+    proportion) and alpha = 0.1 * (N / N_labelled)^2. With every label it is the paper's
+    alpha = 0.1 N; with few labels it is N / N_labelled times stronger, which measured
+    better (`benchmarks/semi_supervised.py`, 100 labels per class, 120 s: test accuracy
+    0.70 with the paper's 6, 0.754 with 60, 0.766 with 600). An explicit `model.alpha`
+    is kept.
+
+    Raises:
+        DataError: a `data.labelled_share` but every training image is labelled.
     """
     config = config.check_sections()
     model = config.model
@@ -67,8 +73,13 @@ def resolve_model(config: RunConfig, builder=None, own: OwnData | None = None) -
         labels = own.split_labels(split) if own is not None else data.split_labels(builder, split)
         indices = labelled.select(labels, per_class, classes, config.train.seed)
         record = labelled.record(indices, labels, split=split, per_class=per_class, seed=config.train.seed)
+    share = config.data.labelled_share
+    if share is not None and record["count"] == count:
+        raise data.DataError(f"data.labelled_share={share}: all {count} training images are labelled "
+                             f"(data.labelled_per_class={per_class}), none is left to fill the rest of a batch")
     if model.kind == "m2" and model.alpha is None:
-        changes["alpha"] = 0.1 * (count / (record["count"] if record else count)) ** 2
+        ratio = count / (record["count"] if record else count)
+        changes["alpha"] = 0.1 * ratio ** 2 if share is None else 0.1 * ratio / share
     if changes:
         config = dataclasses.replace(config, model=dataclasses.replace(model, **changes))
     return config, record
@@ -79,7 +90,8 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     (`resolve_model`), and the training and validation pipelines (the training split
     held in memory when it fits `data.in_memory_max_mb` and one worker trains; tf.data
     streams and shards it otherwise). A semi-supervised run's training labels are -1
-    outside the labelled subset."""
+    outside the labelled subset; with `data.labelled_share` every training batch holds
+    `config.labelled_per_batch` of the labelled ones. An epoch stays N // batch steps."""
     if config.data.own:
         return _own_datasets(config, workers)
     builder = data.get_builder(config.data)
@@ -98,11 +110,12 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     if workers == 1 and data.in_memory_size_mb(builder, config.data, split) <= config.data.in_memory_max_mb:
         train_ds = data.in_memory_training_dataset(
             builder, config.data, split, global_batch, binarize=config.binarize, seed=train_cfg.seed,
-            labelled=mask)
+            labelled=mask, labelled_per_batch=config.labelled_per_batch)
     else:
         train_ds = data.training_dataset(
             builder, config.data, split, global_batch,
             binarize=config.binarize, seed=train_cfg.seed, repeat=True, labelled=mask,
+            labelled_per_batch=config.labelled_per_batch,
         )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -122,7 +135,8 @@ def _own_datasets(config: RunConfig, workers: int) -> tuple[RunConfig, Datasets]
     steps_per_epoch = train_cfg.steps_per_epoch or own.count("train") // train_cfg.batch_size
     mask = labelled.mask(own.count("train"), record["indices"]) if record is not None else None
     train_ds = own.train(train_cfg.batch_size, binarize=config.binarize, seed=train_cfg.seed,
-                         labelled=mask, shuffle_buffer=config.data.shuffle_buffer)
+                         labelled=mask, shuffle_buffer=config.data.shuffle_buffer,
+                         labelled_per_batch=config.labelled_per_batch)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     val_ds = own.evaluation("validation", train_cfg.eval_batch_size, binarize=config.binarize,
