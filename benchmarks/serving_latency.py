@@ -63,6 +63,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# target -> process id of each running `serve_subprocess` (serving_throughput.py reads
+# the server's CPU time from it).
+SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def serve_subprocess(model_dir: Path, batching: bool, extra: tuple[str, ...] = ()):
     """Runs `vae serve` on a free port; yields the target; SIGTERMs it."""
@@ -78,8 +89,10 @@ def serve_subprocess(model_dir: Path, batching: bool, extra: tuple[str, ...] = (
     try:
         with VAEClient(target) as client:
             client.wait_until_ready(timeout=120)
+        SERVER_PIDS[target] = process.pid
         yield target
     finally:
+        SERVER_PIDS.pop(target, None)
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)

@@ -213,9 +213,9 @@ class HierarchicalVAE(VAE):
     def draw_dim(self) -> int:
         return 2 * self.latent_dim
 
-    def prior_draw(self, num_samples, seed, temperature=1.0):
+    def prior_draw(self, num_samples, seed, temperature=1.0, components=None):
         """[z2 from the prior (as a one-layer model's), temperature * eps for z1]: -> (N, 2D)."""
-        z2 = super().prior_draw(num_samples, seed, temperature)
+        z2 = super().prior_draw(num_samples, seed, temperature, components)
         eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), _fold(seed, 2))
         return ops.concatenate([z2, eps * temperature], axis=-1)
 

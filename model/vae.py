@@ -98,7 +98,7 @@ class VAE(keras.Model):
     KL as with k = 1 (their sum is the k-draw ELBO, above `loss`). k = 1 is the ELBO
     path unchanged.
 
-    Priors (`model_config.prior`): N(0, I) with the KL in closed form, or the VampPrior
+    Priors (`model_config.prior_name`): N(0, I) with the KL in closed form, or the VampPrior
     (`model.priors`), p(z) = (1/K) sum_k q(z|u_k) at K learned pseudo-inputs u_k, with
     the KL by Monte Carlo, log q(z|x) - log p(z) at the drawn z. A config with
     `stochastic_layers=2` builds the two-layer `model.hierarchical.HierarchicalVAE`.
@@ -142,7 +142,7 @@ class VAE(keras.Model):
         self.encoder, self.decoder = self.make_networks(condition_dim)
         self.sampling = Sampling(seed=seed, name="sampling", dtype="float32")
         self.likelihood = build_likelihood(model_config)
-        if model_config.prior == "vamp":
+        if model_config.prior_name == "vamp":
             self.pseudo_inputs = priors.PseudoInputs(
                 model_config.pseudo_inputs, self.x_shape, name="pseudo_inputs", dtype="float32")
         # k of the training objective, read when a step is traced (a trainer may change it).
@@ -231,7 +231,7 @@ class VAE(keras.Model):
         params = self.decode_params(ops.reshape(z, (-1, self.latent_dim)), tiled_c)  # (k*B, H, W, C)
         log_px_z = -ops.reshape(self.likelihood.nll(tiled_x, params), (k, -1))  # (k, B)
         log_ratio = self.prior_log_density()(z) - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
-        if self.model_config.prior == "gaussian":
+        if self.model_config.prior_name == "gaussian":
             kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
         else:
             kl = -ops.mean(log_ratio, axis=0)  # (B,), Monte Carlo over the k draws
@@ -319,7 +319,7 @@ class VAE(keras.Model):
             "iwae_nll": -self.log_likelihood(images, num_samples, seed, chunk_size, labels=labels),
             "kl_per_unit": self.kl_per_unit(images, labels=labels),
         }
-        if self.model_config.prior != "gaussian" or self.model_config.stochastic_layers > 1:
+        if self.model_config.prior_name != "gaussian" or self.model_config.stochastic_layers > 1:
             terms["kl"] = self.kl_term(images, seed, labels=labels)
         return terms
 
@@ -331,7 +331,7 @@ class VAE(keras.Model):
     # === The prior ===
     def prior_components(self):
         """The VampPrior's components q(z|u_k), (means, log_vars) each (K, D); None for N(0, I)."""
-        if self.model_config.prior != "vamp":
+        if self.model_config.prior_name != "vamp":
             return None
         return self.posterior(self.pseudo_inputs())
 
@@ -345,7 +345,7 @@ class VAE(keras.Model):
     def latent_kl(self, z, z_mean, z_log_var):
         """The KL term of one draw z ~ q(z|x): closed form to N(0, I), or by Monte Carlo,
         log q(z|x) - log p(z), for the VampPrior: -> (B,)."""
-        if self.model_config.prior == "gaussian":
+        if self.model_config.prior_name == "gaussian":
             return losses.kl_divergence(z_mean, z_log_var)
         return losses.log_diag_normal(z, z_mean, z_log_var) - self.prior_log_density()(z)
 
@@ -354,19 +354,24 @@ class VAE(keras.Model):
         """Width of `prior_draw`'s rows."""
         return self.latent_dim
 
-    def prior_draw(self, num_samples, seed, temperature=1.0):
+    def prior_draw(self, num_samples, seed, temperature=1.0, components=None):
         """The draws behind `generate`, stateless from an int64[2] seed: -> (N, draw_dim).
 
         N(0, I): z = temperature * eps. VampPrior: a pseudo-input u_k picked uniformly
         (from the seed folded with 1), then z = mu(u_k) + temperature * sigma(u_k) * eps.
+        `components`: the VampPrior's (means, log_vars) computed once (`prior_components`,
+        e.g. frozen into an export), instead of encoding the picked pseudo-inputs per call.
         """
         seed = evaluation.as_seed(seed)
         eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), seed) * temperature
-        if self.model_config.prior == "gaussian":
+        if self.model_config.prior_name == "gaussian":
             return eps
         index = priors.draw_components(num_samples, self.model_config.pseudo_inputs,
                                        tf.random.experimental.stateless_fold_in(seed, 1))
-        mean, log_var = self.posterior(self.pseudo_inputs(index))  # (N, D)
+        if components is None:
+            mean, log_var = self.posterior(self.pseudo_inputs(index))  # (N, D)
+        else:
+            mean, log_var = (ops.take(c, index, axis=0) for c in components)
         return mean + ops.exp(0.5 * log_var) * eps
 
     def decode_draw(self, draw):
@@ -407,7 +412,7 @@ class VAE(keras.Model):
     def sample(self, num_samples: int, seed=None, temperature: float = 1.0):
         """Draws z from the prior (N(0, temperature^2 I), or the VampPrior's mixture) and
         decodes it: -> (num_samples, H, W, C)."""
-        if self.model_config.prior == "gaussian" and self.model_config.stochastic_layers == 1:
+        if self.model_config.prior_name == "gaussian" and self.model_config.stochastic_layers == 1:
             z = keras.random.normal((num_samples, self.latent_dim), seed=seed) * temperature
             return self.decode(z)
         if seed is None:

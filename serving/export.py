@@ -81,10 +81,15 @@ def _plain_endpoints(vae) -> dict[str, Any]:
     latent_dim = int(vae.latent_dim)
     draw_dim = int(getattr(vae, "draw_dim", latent_dim))
     iwae_seed = tf.constant(C.IWAE_SEED, tf.int64)
+    # A mixture prior's components (the VampPrior's posteriors at its pseudo-inputs) are
+    # fixed once trained: frozen into the export, so `generate` does not re-encode them.
+    components = vae.prior_components() if hasattr(vae, "prior_components") else None
+    if components is not None:
+        components = tuple(tf.constant(np.asarray(c, np.float32)) for c in components)
 
     def sample(num_samples, seed, temperature):  # -> (num_samples, draw_dim)
         if hasattr(vae, "prior_draw"):
-            return vae.prior_draw(num_samples, seed, temperature)
+            return vae.prior_draw(num_samples, seed, temperature, components)
         shape = tf.stack([num_samples, latent_dim])
         return tf.random.stateless_normal(shape, seed) * temperature
 

@@ -52,7 +52,7 @@ def numpy_log_joint_ratio(model, x, z2, z1):
 @pytest.fixture(scope="module", params=["gaussian", "vamp"])
 def hvae(request):
     keras.utils.set_random_seed(0)
-    model = VAE(ModelConfig(**TWO, prior=request.param), seed=0)
+    model = VAE(ModelConfig(**dict(TWO, prior=request.param)), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     x = patterns(512)
     history = model.fit(x, epochs=3, batch_size=64, verbose=0).history

@@ -152,6 +152,18 @@ def test_vampprior_is_refused_for_conditional_kinds():
         ModelConfig(prior="vamp", pseudo_inputs=0)
 
 
+def test_the_default_prior_is_the_vampprior_for_kind_vae_and_normal_for_the_conditional_kinds():
+    assert ModelConfig().prior is None and ModelConfig().pseudo_inputs == 100
+    assert ModelConfig().prior_name == "vamp"
+    assert ModelConfig(kind="cvae").prior_name == ModelConfig(kind="m2", alpha=1.0).prior_name == "gaussian"
+    assert ModelConfig(prior="gaussian").prior_name == "gaussian"
+    assert ModelConfig().override("kind=cvae").prior_name == "gaussian"
+    # a config saved before the default changed keeps its explicit prior
+    assert ModelConfig.from_dict({"prior": "gaussian", "pseudo_inputs": 500}).prior_name == "gaussian"
+    default = VAE(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,)), seed=0)
+    assert hasattr(default, "pseudo_inputs") and default.prior_components()[0].shape == (100, 3)
+
+
 def test_vampprior_trains_with_importance_samples():
     vae = VAE(ModelConfig(**VAMP, train_samples=4), seed=0)
     terms = vae.loss_terms(patterns(8), seed=tf.constant([0, 1], tf.int64))

@@ -45,7 +45,8 @@ def test_trials_are_ranked_by_the_objective(hyperband):
     assert len(trials) == result["trials"] == 3
     assert [t["rank"] for t in trials] == [1, 2, 3]
     objectives = [t["objective"] for t in trials]
-    assert objectives == sorted(objectives) and all(300 < v < 600 for v in objectives)
+    # nats of a 1-2 epoch model of 1,024 images (the VampPrior's first epoch: about 610)
+    assert objectives == sorted(objectives) and all(300 < v < 800 for v in objectives)
     assert result["best_trial"] == trials[0]["trial_id"] and result["best_value"] == objectives[0]
     assert all(t["status"] == "COMPLETED" and t["wall_seconds"] > 0 for t in trials)
     assert all(set(t["hyperparameters"]) == set(TINY_SPACE) for t in trials)

@@ -14,13 +14,16 @@ METRICS = {"test_nelbo": 123.4, "test_iwae_nll": 120.1}
 
 
 def build_vae(seed: int = 0):
-    """A tiny, built VAE (random weights; `seed` changes them)."""
+    """A tiny, built VAE with the N(0, I) prior, whose `generate` the tests recompute as
+    decoded seeded normals (random weights; `seed` changes them). The VampPrior's export
+    is checked in tests/model/test_vampprior.py."""
     import keras
 
     from model import VAE, ModelConfig
 
     keras.utils.set_random_seed(seed)
-    vae = VAE(ModelConfig(image_shape=IMAGE_SHAPE, latent_dim=LATENT_DIM, hidden_units=(32,)), seed=seed)
+    vae = VAE(ModelConfig(image_shape=IMAGE_SHAPE, latent_dim=LATENT_DIM, hidden_units=(32,), prior="gaussian"),
+              seed=seed)
     vae(np.zeros((1, *IMAGE_SHAPE), "float32"))
     return vae
 
