@@ -25,17 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from serving import contract as C  # noqa: E402
-from serving_latency import generate_inputs, latest_generate, percentiles, time_calls  # noqa: E402
-
-
-def export(config, base: Path) -> Path:
-    """Exports an untrained VAE of `config` under `base`; -> the model folder."""
-    from model import VAE
-    from serving.export import export_model
-
-    vae = VAE(config, seed=0)
-    vae(np.zeros((1, *vae.image_shape), "float32"))
-    return export_model(vae, base).parent
+from serving_latency import export_default_model, generate_inputs, latest_generate, percentiles, time_calls  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
         reference = reference.override(assignment)
     images = np.random.default_rng(0).random((1024, *default.image_shape), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="vae-cost-") as tmp:
-        models = {name: latest_generate(export(config, Path(tmp) / name))
+        models = {name: latest_generate(export_default_model(Path(tmp) / name, config).parent)
                   for name, config in (("default", default), ("reference", reference))}
         latencies = {name: [] for name in models}
         rates = {name: [] for name in models}

@@ -38,12 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 VAE = (sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def export_default_model(base_dir: Path) -> Path:
-    """Exports the default ModelConfig (28x28x1, latent 16, MLP 512-256), random weights."""
+def export_default_model(base_dir: Path, config=None) -> Path:
+    """Exports the default ModelConfig (28x28x1, latent 16, MLP 512-256), or `config`, with
+    random weights; -> the version folder."""
     from model import VAE, ModelConfig
     from serving.export import export_model
 
-    vae = VAE(ModelConfig(), seed=0)
+    vae = VAE(config or ModelConfig(), seed=0)
     vae(np.zeros((1, *vae.image_shape), "float32"))
     return export_model(vae, base_dir)
 

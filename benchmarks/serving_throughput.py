@@ -43,8 +43,6 @@ class Load:
         self.errors: list[str] = []
 
     def run(self, requests: int) -> None:
-        from serving.client import ServingError
-
         counter, lock = itertools.count(self.requests), threading.Lock()
         end = self.requests + requests
 
@@ -55,13 +53,7 @@ class Load:
                     index = next(counter)
                 if index >= end:
                     break
-                start = time.perf_counter_ns()
-                try:
-                    if client.generate(self.num_samples, seed=index).shape[0] != self.num_samples:
-                        self.errors.append(f"request {index}: wrong number of images")
-                except ServingError as err:
-                    self.errors.append(f"request {index}: {err}")
-                mine.append((time.perf_counter_ns() - start) / 1e6)
+                timed_generate(client, self.num_samples, index, mine, self.errors)
             with lock:
                 self.latencies.extend(mine)
 
@@ -84,10 +76,23 @@ class Load:
             client.close()
 
 
+def timed_generate(client, num_samples: int, index: int, latencies: list[float], errors: list[str]) -> None:
+    """Request `index`: one generate call; appends its latency (ms) and any error."""
+    from serving.client import ServingError
+
+    start = time.perf_counter_ns()
+    try:
+        if client.generate(num_samples, seed=index).shape[0] != num_samples:
+            errors.append(f"request {index}: wrong number of images")
+    except ServingError as err:
+        errors.append(f"request {index}: {err}")
+    latencies.append((time.perf_counter_ns() - start) / 1e6)
+
+
 def _client_process(target: str, num_samples: int, conn, counter) -> None:
     """One client process: connects, then runs generate calls until the shared counter
     passes the end the parent sends; answers with its latencies and errors."""
-    from serving.client import ServingError, VAEClient
+    from serving.client import VAEClient
 
     client = VAEClient(target, timeout=30)
     client.generate(num_samples, seed=0)
@@ -100,13 +105,7 @@ def _client_process(target: str, num_samples: int, conn, counter) -> None:
                 counter.value += 1
             if index >= end:
                 break
-            start = time.perf_counter_ns()
-            try:
-                if client.generate(num_samples, seed=index).shape[0] != num_samples:
-                    errors.append(f"request {index}: wrong number of images")
-            except ServingError as err:
-                errors.append(f"request {index}: {err}")
-            latencies.append((time.perf_counter_ns() - start) / 1e6)
+            timed_generate(client, num_samples, index, latencies, errors)
         conn.send((latencies, errors))
     client.close()
 
