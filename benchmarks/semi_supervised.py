@@ -139,12 +139,14 @@ def cvae_generated_classes(args, out: Path) -> dict:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     judge.fit(train_x, train_y, batch_size=128, epochs=args.judge_epochs, verbose=0)
     judge_accuracy = float(judge.evaluate(test_x, test_y, batch_size=1000, verbose=0)[1])
+    named = np.argmax(judge.predict(test_x, batch_size=1000, verbose=0), -1)  # real test images, by class
+    judge_per_class = [float(np.mean(named[test_y == k] == k)) for k in range(10)]
     wanted = np.repeat(np.arange(10), 100)
     generated = np.asarray(cvae.generate(wanted, seed=0))
     recognised = np.argmax(judge.predict(generated, batch_size=1000, verbose=0), -1)
     per_class = [float(np.mean(recognised[wanted == k] == k)) for k in range(10)]
     return {"cvae_train_seconds": metrics["train_seconds"], "cvae_test_iwae_nll_given_y": metrics["test_iwae_nll"],
-            "judge_test_accuracy": judge_accuracy,
+            "judge_test_accuracy": judge_accuracy, "judge_test_accuracy_per_class": judge_per_class,
             "generated_class_accuracy": float(np.mean(recognised == wanted)),
             "generated_class_accuracy_per_class": per_class}
 

@@ -13,15 +13,19 @@ default model (latent 16, MLP 512-256, random weights). Targets: with batching o
 clients reach >= 2x the single-client request rate, with zero errors. Each server's CPU
 time (user + system, from /proc) is read around every run: the server's CPU per request
 shows what batching saves even where the clients' own CPU caps the rate.
+`--variant NAME=FILE` (repeatable) adds a batching server reading another
+`BatchingParameters` file to the same rounds, e.g. to choose the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import multiprocessing
 import threading
 import time
+from pathlib import Path
 
 from serving_latency import SERVER_PIDS, cpu_seconds, load_average, model_path, percentiles, serve_subprocess
 
@@ -166,18 +170,28 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--export-dir", help="a model folder with versions (default: export one)")
     parser.add_argument("--serve-args", default="", help="extra `vae serve` flags for both servers")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
+                        help="also run a batching server with this BatchingParameters file (repeatable)")
     parser.add_argument("--client-threads", action="store_true",
                         help="run the clients as threads of this process instead of one process each")
     args = parser.parse_args()
 
+    variants = [tuple(v.split("=", 1)) for v in args.variant]
+    if any(len(v) != 2 or not v[0] or v[0] in ("off", "on") for v in variants):
+        parser.error("--variant takes NAME=FILE, NAME not 'off' or 'on'")
     model_dir, cleanup = model_path(args.export_dir)
     extra = tuple(args.serve_args.split())
-    with cleanup, serve_subprocess(model_dir, False, extra) as plain, \
-            serve_subprocess(model_dir, True, extra) as batched:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cleanup)
+        targets = {"off": stack.enter_context(serve_subprocess(model_dir, False, extra)),
+                   "on": stack.enter_context(serve_subprocess(model_dir, True, extra))}
+        for name, path in variants:
+            flags = ("--enable-batching", "--batching-parameters-file", str(Path(path).resolve()))
+            targets[name] = stack.enter_context(serve_subprocess(model_dir, False, extra + flags))
         make_load = Load if args.client_threads else ProcessLoad
         loads = {
             (mode, clients): make_load(target, clients, args.num_samples)
-            for mode, target in (("off", plain), ("on", batched))
+            for mode, target in targets.items()
             for clients in (1, args.clients)
         }
         load_before = load_average()
@@ -192,21 +206,23 @@ def main() -> None:
           f"{loads[('off', 1)].requests} requests and {args.clients} clients x {loads[('off', args.clients)].requests} "
           f"requests in total, in {args.rounds} interleaved rounds; clients as "
           f"{'threads' if args.client_threads else 'processes'}; serve flags [{args.serve_args}]; "
-          f"load average {load_before} -> {load_after}")
-    print(f"{'batching':<9} {'1 client req/s':>14} {f'{args.clients} clients req/s':>17} {'speed-up':>9} "
+          f"variants {dict(variants) or 'none'}; load average {load_before} -> {load_after}")
+    print(f"{'batching':<12} {'1 client req/s':>14} {f'{args.clients} clients req/s':>17} {'speed-up':>9} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'server CPU ms/req':>18} {'errors':>7}")
-    for mode in ("off", "on"):
+    for mode in targets:
         single, many = loads[(mode, 1)], loads[(mode, args.clients)]
         stats = percentiles(many.latencies)
         errors = single.errors + many.errors
-        print(f"{mode:<9} {single.rate:14.0f} {many.rate:17.0f} {many.rate / single.rate:8.2f}x "
+        print(f"{mode:<12} {single.rate:14.0f} {many.rate:17.0f} {many.rate / single.rate:8.2f}x "
               f"{stats['p50']:7.2f} {stats['p99']:7.2f} {1e3 * many.server_cpu / many.requests:18.3f} "
               f"{len(errors):7d}")
         for message in errors[:5]:
             print("   ", message)
-    on, off = loads[("on", args.clients)], loads[("off", args.clients)]
-    print(f"{args.clients} clients, batching on vs off: {on.rate / off.rate:.2f}x the request rate, "
-          f"{on.server_cpu / on.requests / (off.server_cpu / off.requests):.2f}x the server's CPU per request")
+    off = loads[("off", args.clients)]
+    for mode in list(targets)[1:]:
+        on = loads[(mode, args.clients)]
+        print(f"{args.clients} clients, batching {mode} vs off: {on.rate / off.rate:.2f}x the request rate, "
+              f"{on.server_cpu / on.requests / (off.server_cpu / off.requests):.2f}x the server's CPU per request")
     ratio = loads[("on", args.clients)].rate / loads[("off", 1)].rate
     print(f"batching on, {args.clients} clients vs 1 client without batching: {ratio:.2f}x (target >= 2x, zero errors)")
 

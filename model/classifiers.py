@@ -102,8 +102,8 @@ class ConvClassifier(_Network):
 
 
 def build_classifier(config: ModelConfig):
-    """The q(y|x) network of `config.architecture`, over `config.image_shape`."""
-    if config.architecture == "mlp":
+    """The q(y|x) network of `config.classifier_architecture`, over `config.image_shape`."""
+    if config.classifier_architecture == "mlp":
         return MLPClassifier(config.num_classes, config.hidden_units, config.activation,
                              name="classifier")
     return ConvClassifier(config.num_classes, config.conv_filters, config.hidden_units,

@@ -69,6 +69,10 @@ class ModelConfig(ConfigBase):
         pseudo_inputs: K, the VampPrior's number of learned pseudo-inputs (used only
             with the VampPrior; 100 pays for its cost here, where 500 starves the run of
             epochs).
+        classifier: M2's q(y|x) network, `"mlp"` or `"conv"` (`model/classifiers.py`);
+            None (the default): the same as `architecture`. A conv classifier beside MLP
+            encoder and decoder costs little (the unlabelled objective decodes every
+            image once per class) and sees the image's local structure.
         stochastic_layers: 1, or 2 for the two-layer HVAE q(z2|x) q(z1|x, z2),
             p(z2) p(z1|z2) p(x|z1, z2) (kind vae only; both layers have `latent_dim`
             units; `model/hierarchical.py`).
@@ -95,12 +99,18 @@ class ModelConfig(ConfigBase):
     prior: str | None = None
     pseudo_inputs: int = 100
     stochastic_layers: int = 1
+    classifier: str | None = None
 
     @property
     def prior_name(self) -> str:
         """The prior in use: `prior`, or when it is None the kind's default (`"vamp"` for
         kind vae, `"gaussian"` for cvae and m2)."""
         return self.prior or ("vamp" if self.kind == "vae" else "gaussian")
+
+    @property
+    def classifier_architecture(self) -> str:
+        """M2's q(y|x) network: `classifier`, or `architecture` when it is None."""
+        return self.classifier or self.architecture
 
     @property
     def labels_condition(self) -> bool:
@@ -153,6 +163,12 @@ class ModelConfig(ConfigBase):
         require_choice(self, "stochastic_layers", (1, 2))
         require(self, "stochastic_layers", self.stochastic_layers == 1 or self.kind == "vae",
                 f"must be 1 for model.kind={self.kind!r} (two stochastic layers support kind vae only)")
+        require(self, "classifier", self.classifier is None or self.classifier in ARCHITECTURES,
+                f"must be one of {ARCHITECTURES} or null")
+        require(self, "classifier", self.classifier is None or self.kind == "m2",
+                "is only used by model.kind='m2'")
+        require(self, "conv_filters", self.classifier_architecture != "conv" or self.kind != "m2"
+                or len(self.conv_filters) > 0, "must not be empty for a conv classifier")
         if self.condition in HALF_CONDITIONS:
             axis = 0 if self.condition in ("top_half", "bottom_half") else 1  # rows or columns
             require(self, "image_shape", self.image_shape[axis] >= 2,

@@ -16,7 +16,11 @@ or one of the derived names (`fields.DERIVED`) that set a tuple field from two n
 (`values`; lists for tuple fields such as `model.hidden_units`), `int` and `float`
 (`min`, `max`, optional `step` and `sampling`: linear, log, reverse_log), `bool`, and
 `fixed` (`value`). Any entry may be conditional: `"when": {"PARENT": [values]}` makes it
-active only while the choice PARENT takes one of those values.
+active only while the choice PARENT takes one of those values. A PARENT that is not an
+entry of the space but a field of the base config (e.g. `model.kind`) decides once, when
+the space is loaded: the entry is searched if the base config's value is listed and left
+out otherwise, and so are the entries conditional on it (the default space searches the
+VampPrior, two stochastic layers and IWAE training only for the kinds that have them).
 
 Every problem fails with a `ConfigError` naming the entry, before any trial starts.
 """
@@ -79,7 +83,10 @@ class SearchSpace:
             raise ConfigError(f"{source}: no hyperparameters to search")
         self._raw = data
         entries = [self._parse(name, spec) for name, spec in data.items()]
-        self.entries = self._ordered(entries)
+        self.entries = self._settle_base_conditions(self._ordered(entries), base)
+        if not self.entries:
+            raise ConfigError(f"{source}: no hyperparameters to search: every entry's \"when\" "
+                              "leaves it out for this base config")
         self._check_conflicts()
         self._check_conditions()
         for entry in self.entries:
@@ -222,6 +229,31 @@ class SearchSpace:
             visit(entry, ())
         return done
 
+    def _settle_base_conditions(self, entries: list[Entry], base: RunConfig) -> list[Entry]:
+        """Decides the conditions on base config fields (parents before children): such an
+        entry stays, unconditional, if the base's value is listed; an entry whose parent
+        entry was left out is left out too. Other conditions stay for `_check_conditions`."""
+        names = {e.name for e in entries}
+        kept: dict[str, Entry] = {}
+        for entry in entries:
+            if entry.when and entry.when[0] not in kept:
+                parent, wanted = entry.when
+                ftype = fields.field_type(parent)
+                if parent not in names and ftype is not None:
+                    wrong = [v for v in wanted if not fields.is_type(fields.decode(v, ftype), ftype)]
+                    if wrong:
+                        raise self._error(entry.name, f'"when" value {wrong[0]!r} has the wrong type for '
+                                                      f"the config field {parent!r} ({ftype})")
+                    section, _, field = parent.partition(".")
+                    value = getattr(getattr(base, section), field)
+                    if fields.encode(list(value) if isinstance(value, tuple) else value, ftype) not in wanted:
+                        continue
+                    entry = dataclasses.replace(entry, when=None)
+                elif parent in names:
+                    continue  # its parent was left out
+            kept[entry.name] = entry
+        return list(kept.values())
+
     def _check_conflicts(self) -> None:
         names = set(self.names)
         for derived, field in fields.DERIVED.items():
@@ -236,8 +268,8 @@ class SearchSpace:
             parent_name, wanted = entry.when
             parent = by_name.get(parent_name)
             if parent is None:
-                raise self._error(entry.name, f'"when" names {parent_name!r}, which is not an '
-                                              "entry of the space")
+                raise self._error(entry.name, f'"when" names {parent_name!r}, which is neither an '
+                                              "entry of the space nor a field of the run config")
             if parent.kind not in ("choice", "bool", "fixed"):
                 raise self._error(entry.name, f'"when" parent {parent_name!r} must be a choice, '
                                               "bool or fixed entry")

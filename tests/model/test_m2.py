@@ -117,9 +117,9 @@ def test_kl_per_unit_of_unlabelled_images_is_the_expectation_over_q():
                                np.einsum("bk,bkd->bd", q, per_class), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "conv"])
-def test_save_load_round_trip(architecture, tmp_path):
-    model = m2(architecture)
+@pytest.mark.parametrize("architecture, classifier", [("mlp", None), ("conv", None), ("mlp", "conv")])
+def test_save_load_round_trip(architecture, classifier, tmp_path):
+    model = m2(architecture, classifier=classifier)
     images, labels = batch(6)
     path = tmp_path / "m2.keras"
     model.save(path)
@@ -139,3 +139,24 @@ def test_classifier_layers_round_trip(make, tmp_path):
 def test_an_m2_needs_its_alpha():
     with pytest.raises(ConfigError, match="ModelConfig.alpha"):
         M2(ModelConfig(**{**SMALL, "alpha": None}))
+
+
+@pytest.mark.parametrize("architecture, classifier, expected", [
+    ("mlp", None, MLPClassifier), ("conv", None, ConvClassifier),
+    ("mlp", "conv", ConvClassifier), ("conv", "mlp", MLPClassifier)])
+def test_the_classifier_network_follows_model_classifier_else_the_architecture(architecture, classifier, expected):
+    model = m2(architecture, classifier=classifier)
+    assert type(model.classifier) is expected
+    images, labels = batch()
+    with tf.GradientTape() as tape:
+        terms = model.loss_terms((images, labels), training=True)
+        objective = tf.reduce_mean(terms["loss"]) + tf.add_n(model.losses)
+    gradients = tape.gradient(objective, model.classifier.trainable_variables)
+    assert gradients and all(g is not None and float(tf.norm(g)) > 0 for g in gradients)
+
+
+def test_model_classifier_is_refused_for_other_kinds_and_unknown_networks():
+    with pytest.raises(ConfigError, match="ModelConfig.classifier.*only used by model.kind='m2'"):
+        ModelConfig(kind="cvae", classifier="conv")
+    with pytest.raises(ConfigError, match="ModelConfig.classifier"):
+        ModelConfig(**{**SMALL, "classifier": "resnet"})

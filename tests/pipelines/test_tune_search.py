@@ -172,3 +172,16 @@ def test_reopening_does_not_rerun_a_trial_the_oracle_saved_as_ongoing(tmp_path):
     assert reopened.oracle.trials[trial.trial_id].status == "COMPLETED"
     assert reopened.oracle._retry_queue == []
     assert reopened.oracle.create_trial("tuner0").trial_id != trial.trial_id
+
+
+def test_an_m2_base_tunes_with_the_default_space(tfds_dir, tmp_path):
+    """The default space leaves out what M2 lacks (VampPrior, two layers, IWAE training)
+    instead of refusing the search; the trial trains an M2 and reports its objective."""
+    settings = TuneSettings(tuner="random", max_trials=1, max_epochs=1)
+    config = tiny_config(tfds_dir, 'model.kind="m2"', "data.labelled_per_class=5")
+    tune(config, tmp_path / "w", settings, verbose=0)
+    (trial,) = trials_of(tmp_path / "w")
+    assert np.isfinite(trial["objective"])
+    assert "model.prior" not in trial["hyperparameters"] and "model.train_samples" not in trial["hyperparameters"]
+    best = RunConfig.from_dict(json.loads((tmp_path / "w" / "best_config.json").read_text()))
+    assert best.model.kind == "m2"

@@ -49,6 +49,40 @@ def test_default_space_ships_with_the_package_and_is_valid():
     assert hp._hps["train.learning_rate"][0].sampling == "log" and 0 < lr < 1
 
 
+@pytest.mark.parametrize("kind, left_out", [
+    ("vae", set()),
+    ("cvae", {"model.prior", "model.pseudo_inputs", "model.stochastic_layers"}),
+    ("m2", {"model.prior", "model.pseudo_inputs", "model.stochastic_layers", "model.train_samples",
+            "train.iwae_start_fraction"}),
+])
+def test_the_default_space_searches_only_what_the_base_kind_has(kind, left_out):
+    vae_names = set(SearchSpace.load(None, RunConfig()).names)
+    base = RunConfig().override(f'model.kind="{kind}"')
+    space = SearchSpace.load(None, base)
+    assert set(space.names) == vae_names - left_out
+    config = space.apply(base, space.hyperparameters().values)  # the defaults make a valid config
+    assert config.model.kind == kind
+
+
+def test_a_condition_on_a_base_field_keeps_or_drops_the_entry_and_its_children():
+    space = {
+        "model.prior": {"type": "choice", "values": ["gaussian", "vamp"], "when": {"model.kind": ["vae"]}},
+        "model.pseudo_inputs": {"type": "int", "min": 25, "max": 50, "when": {"model.prior": ["vamp"]}},
+        "train.batch_size": {"type": "choice", "values": [64, 128], "when": {"model.hidden_units": [[512, 256]]}},
+    }
+    vae = SearchSpace(space, RunConfig())
+    assert vae.names == ["model.prior", "model.pseudo_inputs", "train.batch_size"]
+    assert all(e.when is None for e in vae.entries if e.name != "model.pseudo_inputs")
+    hp = vae.hyperparameters()
+    hp.values["model.prior"] = "gaussian"
+    assert not hp.is_active("model.pseudo_inputs")
+    cvae = SearchSpace({**space, "model.latent_dim": {"type": "int", "min": 8, "max": 16}},
+                       RunConfig().override('model.kind="cvae"').override("model.hidden_units=[256]"))
+    assert cvae.names == ["model.latent_dim"]  # the prior, its child and the batch size left out
+    with pytest.raises(ConfigError, match="no hyperparameters to search: every entry's"):
+        SearchSpace({"model.prior": space["model.prior"]}, RunConfig().override('model.kind="cvae"'))
+
+
 def test_values_land_on_the_run_config():
     base = RunConfig()
     space = SearchSpace.load(None, base)
@@ -114,6 +148,10 @@ def test_values_are_checked_in_a_context_that_can_accept_them():
         ({"model.architecture": {"type": "choice", "values": ["mlp", "conv"]},
           "conv_depth": {"type": "int", "min": 2, "max": 3, "when": {"model.architecture": ["cnn"]}}},
          "entry 'conv_depth': \"when\" value 'cnn' is not a value of 'model.architecture'"),
+        ({"model.latent_dim": {"type": "int", "min": 8, "max": 16, "when": {"model.stochastic_layers": ["2"]}}},
+         "entry 'model.latent_dim': \"when\" value '2' has the wrong type for the config field 'model.stochastic_layers'"),
+        ({"model.latent_dim": {"type": "int", "min": 8, "max": 16, "when": {"model.depth": [2]}}},
+         "entry 'model.latent_dim': \"when\" names 'model.depth', which is neither an entry"),
         ({"model.latent_dim": {"type": "int", "min": 0, "max": 8}},
          "entry 'model.latent_dim': value 0 is invalid: ModelConfig.latent_dim must be a positive integer"),
         ({"model.latent_dim": {"type": "int", "mn": 2, "max": 8}}, "entry 'model.latent_dim': unknown key(s) ['mn']"),
@@ -131,7 +169,7 @@ def test_values_are_checked_in_a_context_that_can_accept_them():
     ],
     ids=["unknown", "unknown-derived", "empty-choice", "empty-range", "min>max", "float-for-int",
          "int-bound-not-int", "choice-wrong-type", "choice-wrong-type-str", "unknown-choice-value",
-         "unknown-condition-value", "value-rejected", "unknown-key", "unknown-type", "not-object",
+         "unknown-condition-value", "base-condition-wrong-type", "unknown-condition-parent", "value-rejected", "unknown-key", "unknown-type", "not-object",
          "not-tunable", "data-not-tunable", "log-from-zero", "conflict", "empty", "not-a-mapping", "bad-json"],
 )
 def test_bad_space_files_name_the_entry(space, message, tmp_path):
