@@ -1,9 +1,10 @@
 """What the default model costs to serve, beside a reference model, side by side in one run.
 
-    .venv/bin/python benchmarks/default_cost.py [--reference OVERRIDE ...] [--rounds 10]
+    .venv/bin/python benchmarks/default_cost.py [--candidate OVERRIDE ...] [--reference OVERRIDE ...] [--rounds 10]
 
 Exports two models with random weights (speed does not depend on the weights): the
-project's default `ModelConfig` and the reference (by default the default with the prior
+project's default `ModelConfig` (with the `--candidate` overrides, e.g.
+`stochastic_layers=2` to price a candidate default) and the reference (by default the default with the prior
 N(0, I), the default before the VampPrior became it), loads both with the server's own
 `Servable` and times, in turns so that background load falls on both alike:
 `generate(16)` calls one after another (p50 and p99 in ms) and `encode` on batches of
@@ -30,6 +31,8 @@ from serving_latency import export_default_model, generate_inputs, latest_genera
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidate", nargs="*", default=[],
+                        help="ModelConfig overrides of the default (a candidate default; none: the default)")
     parser.add_argument("--reference", nargs="*", default=["prior=gaussian"],
                         help="ModelConfig overrides of the reference (default: prior=gaussian)")
     parser.add_argument("--rounds", type=int, default=10)
@@ -41,6 +44,8 @@ def main() -> None:
 
     default = ModelConfig()
     reference = default
+    for assignment in args.candidate:
+        default = default.override(assignment)
     for assignment in args.reference:
         reference = reference.override(assignment)
     images = np.random.default_rng(0).random((1024, *default.image_shape), dtype=np.float32)
@@ -62,7 +67,8 @@ def main() -> None:
                     servable.run(encode, {C.IMAGES: images})
                 rates[name].append(args.encode_calls * len(images) / (time.perf_counter() - start))
 
-    print(f"default: {default.to_dict()}\nreference overrides: {args.reference}; {args.rounds} rounds, load "
+    print(f"default with {args.candidate}: {default.to_dict()}\nreference: the default with {args.reference}; "
+          f"{args.rounds} rounds, load "
           f"average {os.getloadavg()[0]:.2f}")
     stats = {name: percentiles(values) for name, values in latencies.items()}
     for name in models:
