@@ -62,7 +62,8 @@ def run(name: str, overrides: list[str], budget: float, out: Path, data_dir: str
     metrics = train(config, out / name, overwrite=True, verbose=0)
     keys = ("test_iwae_nll", "test_nelbo", "active_units", "train_seconds", "epochs",
             "optimizer_steps", "wall_seconds")
-    return {"model": name, "latent_dim": config.model.latent_dim, "overrides": overrides,
+    units = config.model.latent_dim * config.model.stochastic_layers  # both layers' units
+    return {"model": name, "latent_dim": units, "overrides": overrides,
             **{k: metrics[k] for k in keys}}
 
 
