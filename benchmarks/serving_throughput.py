@@ -43,6 +43,7 @@ class Load:
         for client in self.connections:  # connect and cache metadata before any clock starts
             client.generate(num_samples, seed=0)
         self.seconds, self.requests = 0.0, 0
+        self.round_rates: list[float] = []  # requests/s of each round
         self.latencies: list[float] = []
         self.errors: list[str] = []
 
@@ -67,9 +68,13 @@ class Load:
             thread.start()
         for thread in threads:
             thread.join()
-        self.seconds += time.perf_counter() - start
-        self.server_cpu += cpu_seconds(self.server_pid) - cpu
+        self._account(requests, time.perf_counter() - start, cpu_seconds(self.server_pid) - cpu)
         self.requests = end
+
+    def _account(self, requests: int, seconds: float, server_cpu: float) -> None:
+        self.seconds += seconds
+        self.server_cpu += server_cpu
+        self.round_rates.append(requests / seconds)
 
     @property
     def rate(self) -> float:
@@ -136,6 +141,7 @@ class ProcessLoad(Load):
             if pipe.recv() != "ready":
                 raise RuntimeError("a client process failed to start")
         self.seconds, self.requests = 0.0, 0
+        self.round_rates: list[float] = []  # requests/s of each round
         self.latencies: list[float] = []
         self.errors: list[str] = []
 
@@ -150,8 +156,7 @@ class ProcessLoad(Load):
             latencies, errors = pipe.recv()
             self.latencies.extend(latencies)
             self.errors.extend(errors)
-        self.seconds += time.perf_counter() - start
-        self.server_cpu += cpu_seconds(self.server_pid) - cpu
+        self._account(requests, time.perf_counter() - start, cpu_seconds(self.server_pid) - cpu)
         self.requests = end
 
     def close(self) -> None:
@@ -221,7 +226,9 @@ def main() -> None:
     off = loads[("off", args.clients)]
     for mode in list(targets)[1:]:
         on = loads[(mode, args.clients)]
-        print(f"{args.clients} clients, batching {mode} vs off: {on.rate / off.rate:.2f}x the request rate, "
+        by_round = " ".join(f"{a / b:.2f}" for a, b in zip(on.round_rates, off.round_rates))
+        print(f"{args.clients} clients, batching {mode} vs off: {on.rate / off.rate:.2f}x the request rate "
+              f"(rounds: {by_round}), "
               f"{on.server_cpu / on.requests / (off.server_cpu / off.requests):.2f}x the server's CPU per request")
     ratio = loads[("on", args.clients)].rate / loads[("off", 1)].rate
     print(f"batching on, {args.clients} clients vs 1 client without batching: {ratio:.2f}x (target >= 2x, zero errors)")
