@@ -36,12 +36,16 @@ class Load:
     def __init__(self, target: str, clients: int, num_samples: int):
         from serving.client import VAEClient
 
-        self.num_samples = num_samples
-        self.server_pid = SERVER_PIDS[target]
-        self.server_cpu = 0.0
+        self._start_counts(target, num_samples)
         self.connections = [VAEClient(target, timeout=30) for _ in range(clients)]
         for client in self.connections:  # connect and cache metadata before any clock starts
             client.generate(num_samples, seed=0)
+
+    def _start_counts(self, target: str, num_samples: int) -> None:
+        """The figures every load accumulates over its rounds, at zero."""
+        self.num_samples = num_samples
+        self.server_pid = SERVER_PIDS[target]
+        self.server_cpu = 0.0
         self.seconds, self.requests = 0.0, 0
         self.round_rates: list[float] = []  # requests/s of each round
         self.latencies: list[float] = []
@@ -125,9 +129,7 @@ class ProcessLoad(Load):
 
     def __init__(self, target: str, clients: int, num_samples: int):
         context = multiprocessing.get_context("spawn")
-        self.num_samples = num_samples
-        self.server_pid = SERVER_PIDS[target]
-        self.server_cpu = 0.0
+        self._start_counts(target, num_samples)
         self.counter = context.Value("q", 0)
         self.pipes, self.processes = [], []
         for _ in range(clients):
@@ -140,10 +142,6 @@ class ProcessLoad(Load):
         for pipe in self.pipes:
             if pipe.recv() != "ready":
                 raise RuntimeError("a client process failed to start")
-        self.seconds, self.requests = 0.0, 0
-        self.round_rates: list[float] = []  # requests/s of each round
-        self.latencies: list[float] = []
-        self.errors: list[str] = []
 
     def run(self, requests: int) -> None:
         end = self.requests + requests
