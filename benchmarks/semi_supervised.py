@@ -3,7 +3,8 @@
 1. M2 with `--labelled-per-class` labels per class (the rest of the training split
    unlabelled, label -1) trained for `--budget` seconds of steps, against the same
    classifier network (`model.classifiers`, same widths) trained on the labelled images
-   alone (dynamically binarised like M2's inputs; Adam, batch 100). Both are scored on
+   alone (dynamically binarised like M2's inputs, shifted like them with
+   `model.classifier_shift`; Adam, batch 100). Both are scored on
    all 10,000 test images, binarised once. The baseline's accuracy is reported after
    each of several epoch counts and its best one is the figure compared, which flatters
    the baseline (the epoch count is chosen on the test set).
@@ -74,7 +75,7 @@ def m2_vs_supervised(args, out: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from model.classifiers import build_classifier
+    from model.classifiers import build_classifier, build_shift
     from pipelines.train import train
 
     overrides = ["model.kind=m2", f"data.labelled_per_class={args.labelled_per_class}", *args.m2]
@@ -97,7 +98,9 @@ def m2_vs_supervised(args, out: Path) -> dict:
     train_x, train_y = train_images(config)
     x, y = train_x[record["indices"]], train_y[record["indices"]]
     keras.utils.set_random_seed(config.train.seed)
-    classifier = keras.Sequential([keras.Input(x.shape[1:]), build_classifier(config.model)])
+    shift = build_shift(config.model, config.train.seed)  # M2's training-time shift, if any, here too
+    classifier = keras.Sequential([keras.Input(x.shape[1:]), *([shift] if shift else []),
+                                   build_classifier(config.model)])
     classifier.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     batches = tf.data.Dataset.from_tensor_slices((x, y)).repeat().shuffle(len(x), seed=0).batch(100)

@@ -49,13 +49,14 @@ def export_default_model(base_dir: Path, config=None) -> Path:
     return export_model(vae, base_dir)
 
 
-def model_path(export_dir: str | None) -> tuple[Path, contextlib.ExitStack]:
-    """The model folder to serve (<base>/<name>): the given one, or a fresh export."""
+def model_path(export_dir: str | None, config=None) -> tuple[Path, contextlib.ExitStack]:
+    """The model folder to serve (<base>/<name>): the given one, or a fresh export (of
+    `config`, a ModelConfig, or the default one)."""
     stack = contextlib.ExitStack()
     if export_dir:
         return Path(export_dir), stack
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-bench-")))
-    return export_default_model(tmp).parent, stack
+    return export_default_model(tmp, config).parent, stack
 
 
 def free_port() -> int:

@@ -14,7 +14,9 @@ clients reach >= 2x the single-client request rate, with zero errors. Each serve
 time (user + system, from /proc) is read around every run: the server's CPU per request
 shows what batching saves even where the clients' own CPU caps the rate.
 `--variant NAME=FILE` (repeatable) adds a batching server reading another
-`BatchingParameters` file to the same rounds, e.g. to choose the defaults.
+`BatchingParameters` file to the same rounds, e.g. to choose the defaults. `--model
+FIELD=VALUE...` exports another model (e.g. `architecture=conv`, whose decoder's compute a
+batch shares) instead of the default one.
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ class ProcessLoad(Load):
 
 
 def main() -> None:
+    from model import ModelConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10_000, help="requests of each concurrent run")
     parser.add_argument("--single-requests", type=int, default=2_000, help="requests of each 1-client run")
@@ -172,6 +176,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="the four runs take turns this many times")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--export-dir", help="a model folder with versions (default: export one)")
+    parser.add_argument("--model", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="ModelConfig fields of the exported model (random weights), e.g. "
+                             "architecture=conv; not with --export-dir")
     parser.add_argument("--serve-args", default="", help="extra `vae serve` flags for both servers")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
                         help="also run a batching server with this BatchingParameters file (repeatable)")
@@ -182,7 +189,12 @@ def main() -> None:
     variants = [tuple(v.split("=", 1)) for v in args.variant]
     if any(len(v) != 2 or not v[0] or v[0] in ("off", "on") for v in variants):
         parser.error("--variant takes NAME=FILE, NAME not 'off' or 'on'")
-    model_dir, cleanup = model_path(args.export_dir)
+    if args.model and args.export_dir:
+        parser.error("--model describes the model to export; --export-dir serves one already exported")
+    config = ModelConfig()
+    for assignment in args.model:
+        config = config.override(assignment)
+    model_dir, cleanup = model_path(args.export_dir, config)
     extra = tuple(args.serve_args.split())
     with contextlib.ExitStack() as stack:
         stack.enter_context(cleanup)
@@ -209,7 +221,7 @@ def main() -> None:
           f"{loads[('off', 1)].requests} requests and {args.clients} clients x {loads[('off', args.clients)].requests} "
           f"requests in total, in {args.rounds} interleaved rounds; clients as "
           f"{'threads' if args.client_threads else 'processes'}; serve flags [{args.serve_args}]; "
-          f"variants {dict(variants) or 'none'}; load average {load_before} -> {load_after}")
+          f"variants {dict(variants) or 'none'}; model {args.export_dir or args.model or 'default'}; load average {load_before} -> {load_after}")
     print(f"{'batching':<12} {'1 client req/s':>14} {f'{args.clients} clients req/s':>17} {'speed-up':>9} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'server CPU ms/req':>18} {'errors':>7}")
     for mode in targets:

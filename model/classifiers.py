@@ -108,3 +108,15 @@ def build_classifier(config: ModelConfig):
                              name="classifier")
     return ConvClassifier(config.num_classes, config.conv_filters, config.hidden_units,
                           config.kernel_size, config.activation, name="classifier")
+
+
+def build_shift(config: ModelConfig, seed: int | None = None):
+    """The training-time shift of the classifier's images (`config.classifier_shift`
+    pixels at most, each way), or None when it is 0. The layer moves images only when
+    called with `training=True`."""
+    if not config.classifier_shift:
+        return None
+    height, width = config.image_shape[:2]
+    return layers.RandomTranslation(config.classifier_shift / height, config.classifier_shift / width,
+                                    fill_mode="constant", interpolation="nearest", fill_value=0.0,
+                                    seed=seed, name="classifier_shift")

@@ -73,6 +73,11 @@ class ModelConfig(ConfigBase):
             None (the default): the same as `architecture`. A conv classifier beside MLP
             encoder and decoder costs little (the unlabelled objective decodes every
             image once per class) and sees the image's local structure.
+        classifier_shift: M2: while training, the classifier sees each image moved by a
+            random whole number of pixels, up to this many in each direction (Keras'
+            `RandomTranslation`, empty pixels filled with 0), so that the few labelled
+            images it learns from are not learnt by heart; 0 (the default): the images as
+            they are. Evaluation, `classify` and the export always see them as they are.
         stochastic_layers: 1, or 2 for the two-layer HVAE q(z2|x) q(z1|x, z2),
             p(z2) p(z1|z2) p(x|z1, z2) (kind vae only; both layers have `latent_dim`
             units; `model/hierarchical.py`).
@@ -100,6 +105,7 @@ class ModelConfig(ConfigBase):
     pseudo_inputs: int = 100
     stochastic_layers: int = 1
     classifier: str | None = None
+    classifier_shift: int = 0
 
     @property
     def prior_name(self) -> str:
@@ -167,6 +173,12 @@ class ModelConfig(ConfigBase):
                 f"must be one of {ARCHITECTURES} or null")
         require(self, "classifier", self.classifier is None or self.kind == "m2",
                 "is only used by model.kind='m2'")
+        require(self, "classifier_shift", isinstance(self.classifier_shift, int) and self.classifier_shift >= 0,
+                "must be an integer >= 0")
+        require(self, "classifier_shift", self.classifier_shift == 0 or self.kind == "m2",
+                "is only used by model.kind='m2'")
+        require(self, "classifier_shift", 2 * self.classifier_shift < min(self.image_shape[:2]),
+                "must be less than half the image's height and width")
         require(self, "conv_filters", self.classifier_architecture != "conv" or self.kind != "m2"
                 or len(self.conv_filters) > 0, "must not be empty for a conv classifier")
         if self.condition in HALF_CONDITIONS:

@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from model import evaluation, losses
-from model.classifiers import build_classifier
+from model.classifiers import build_classifier, build_shift
 from model.config import ConfigError
 from model.cvae import CVAE
 from model.layers import PACKAGE
@@ -62,6 +62,7 @@ class M2(CVAE):
                               "training pipeline sets the paper's 0.1 * N / N_labelled), got None")
         # === Layers ===
         self.classifier = build_classifier(self.model_config)
+        self.classifier_shift = build_shift(self.model_config, seed)
 
     @property
     def num_classes(self) -> int:
@@ -110,7 +111,8 @@ class M2(CVAE):
         images, labels = split_batch(inputs)
         images = ops.convert_to_tensor(images, "float32")
         labels = self._labels(images, labels)
-        logits = self.classifier_logits(images)  # (B, K)
+        seen = images if self.classifier_shift is None else self.classifier_shift(images, training=bool(training))
+        logits = self.classifier_logits(seen)  # (B, K); while training, shifted images with a shift
         tiled, c = self._tile_classes(images)  # (K*B, H, W, C), (K*B, K)
         z_mean, z_log_var = self.posterior(tiled, c)  # (K*B, D)
         z = self.sampling([z_mean, z_log_var], seed=seed)  # (K*B, D)

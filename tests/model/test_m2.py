@@ -117,9 +117,10 @@ def test_kl_per_unit_of_unlabelled_images_is_the_expectation_over_q():
                                np.einsum("bk,bkd->bd", q, per_class), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("architecture, classifier", [("mlp", None), ("conv", None), ("mlp", "conv")])
-def test_save_load_round_trip(architecture, classifier, tmp_path):
-    model = m2(architecture, classifier=classifier)
+@pytest.mark.parametrize("architecture, classifier, shift", [
+    ("mlp", None, 0), ("conv", None, 0), ("mlp", "conv", 0), ("mlp", "conv", 1)])
+def test_save_load_round_trip(architecture, classifier, shift, tmp_path):
+    model = m2(architecture, classifier=classifier, classifier_shift=shift)
     images, labels = batch(6)
     path = tmp_path / "m2.keras"
     model.save(path)
@@ -160,3 +161,49 @@ def test_model_classifier_is_refused_for_other_kinds_and_unknown_networks():
         ModelConfig(kind="cvae", classifier="conv")
     with pytest.raises(ConfigError, match="ModelConfig.classifier"):
         ModelConfig(**{**SMALL, "classifier": "resnet"})
+
+
+def shifted(image, dy: int, dx: int):
+    """`image` (H, W, C) moved down dy and right dx pixels, zeros where nothing moved in."""
+    out = np.zeros_like(image)
+    height, width = image.shape[:2]
+    out[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+        image[max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return out
+
+
+def test_classifier_shift_moves_training_images_by_whole_pixels_within_the_bound_and_never_at_evaluation():
+    model = m2("mlp", classifier="conv", classifier_shift=1)
+    images, _ = batch(20)
+    moved = np.asarray(model.classifier_shift(images, training=True))
+    moves = set()
+    for image, original in zip(moved, images):
+        found = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                 if np.array_equal(image, shifted(original, dy, dx))]
+        assert found, "a training image is not its original moved by at most one pixel each way"
+        moves.update(found)
+    assert len(moves) > 1
+    np.testing.assert_array_equal(model.classifier_shift(images, training=False), images)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_the_classification_term_sees_fresh_shifts_while_training_only_with_classifier_shift(shift):
+    model = m2("mlp", classifier="conv", classifier_shift=shift)
+    images, labels = batch(20)
+    seed = tf.constant([3, 1], tf.int64)  # the same posterior draws on every call
+
+    def classification(training):
+        return np.asarray(model.loss_terms((images, labels), training=training, seed=seed)["classification"])
+
+    np.testing.assert_array_equal(classification(False), classification(False))
+    first, second = classification(True), classification(True)
+    assert np.array_equal(first, second) == (shift == 0)
+
+
+def test_classifier_shift_is_refused_for_other_kinds_and_out_of_range():
+    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*only used by model.kind='m2'"):
+        ModelConfig(kind="cvae", classifier_shift=2)
+    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*>= 0"):
+        ModelConfig(**{**SMALL, "classifier_shift": -1})
+    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*less than half"):
+        ModelConfig(**{**SMALL, "classifier_shift": 4})

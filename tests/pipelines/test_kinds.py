@@ -158,8 +158,10 @@ def test_cli_flags_reach_the_kind_settings():
     assert train_cli.train_config(args).model.condition == "top_half"
 
 
-def test_an_m2_checkpoint_restores_the_classifier_too(tmp_path):
-    """What a killed run resumes from: the trainer's checkpoint holds every M2 weight."""
+@pytest.mark.parametrize("shift", [0, 1])
+def test_an_m2_checkpoint_restores_the_classifier_too(shift, tmp_path):
+    """What a killed run resumes from: the trainer's checkpoint holds every M2 weight, with
+    or without the classifier's training-time shift."""
     import tensorflow as tf
 
     from model import ModelConfig, model_class
@@ -168,7 +170,8 @@ def test_an_m2_checkpoint_restores_the_classifier_too(tmp_path):
 
     def trainer_of():
         model = model_class("m2")(ModelConfig(kind="m2", image_shape=(8, 8, 1), latent_dim=3,
-                                              hidden_units=(16,), num_classes=4, alpha=1.0), seed=0)
+                                              hidden_units=(16,), num_classes=4, alpha=1.0,
+                                              classifier_shift=shift), seed=0)
         model.build()
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
         return model, Trainer(model, make_cluster("default", 0), global_batch=8, workdir=tmp_path,
