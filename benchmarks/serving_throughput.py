@@ -15,8 +15,8 @@ time (user + system, from /proc) is read around every run: the server's CPU per 
 shows what batching saves even where the clients' own CPU caps the rate.
 `--variant NAME=FILE` (repeatable) adds a batching server reading another
 `BatchingParameters` file to the same rounds, e.g. to choose the defaults. `--model
-FIELD=VALUE...` exports another model (e.g. `architecture=conv`, whose decoder's compute a
-batch shares) instead of the default one.
+FIELD=VALUE...` exports another model (e.g. `architecture=conv`, whose decoder does more
+work per request) instead of the default one.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ class M2(CVAE):
         images = ops.convert_to_tensor(images, "float32")
         labels = self._labels(images, labels)
         seen = images if self.classifier_shift is None else self.classifier_shift(images, training=bool(training))
-        logits = self.classifier_logits(seen)  # (B, K); while training, shifted images with a shift
+        logits = self.classifier_logits(seen)  # (B, K); of shifted images while training with a shift
         tiled, c = self._tile_classes(images)  # (K*B, H, W, C), (K*B, K)
         z_mean, z_log_var = self.posterior(tiled, c)  # (K*B, D)
         z = self.sampling([z_mean, z_log_var], seed=seed)  # (K*B, D)
