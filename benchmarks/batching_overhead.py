@@ -19,22 +19,17 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import statistics  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from serving_latency import load_average, model_path  # noqa: E402
+from serving_latency import generate_inputs, latest_generate, load_average, model_path  # noqa: E402
 
 
 def main() -> None:
-    from model import ModelConfig
     from serving import contract as C
     from serving.batching import BatchingOptions, BatchScheduler
-    from serving.layout import list_versions
-    from serving.servable import Prepared, Servable
+    from serving.servable import Prepared
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=8, help="concurrent callers")
@@ -45,26 +40,21 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args()
 
-    config = ModelConfig()
-    for assignment in args.model:
-        config = config.override(assignment)
-    with contextlib.ExitStack() as stack:
-        model_dir, cleanup = model_path(None, config)
-        stack.enter_context(cleanup)
-        version = list_versions(model_dir)[-1]
-        servable = Servable(model_dir.name, version, model_dir / str(version))
-        signature = servable.signatures[C.GENERATE]
+    model_dir, cleanup = model_path(None, args.model)
+    with cleanup:
+        servable, signature = latest_generate(model_dir)
 
         def prepared(seed: int) -> Prepared:
-            return Prepared(signature, {C.NUM_SAMPLES: np.asarray(args.num_samples, np.int32),
-                                        C.SEED: np.asarray([seed, 0], np.int64),
-                                        C.TEMPERATURE: np.asarray(1.0, np.float32)}, tuple(signature.outputs))
+            return Prepared(signature, generate_inputs(seed, args.num_samples), tuple(signature.outputs))
 
         schedulers = {n: BatchScheduler(BatchingOptions(num_batch_threads=n)) for n in args.batch_threads}
+
+        def through(scheduler):
+            return lambda p: scheduler.submit(servable, p, lambda: True)
+
         modes = {"direct": lambda p: servable.run(p.signature, p.inputs)}
         for n, scheduler in schedulers.items():
-            modes[f"batching, {n} thread{'s' * (n > 1)}"] = (
-                lambda s: lambda p: s.submit(servable, p, lambda: True))(scheduler)
+            modes[f"batching, {n} thread{'s' * (n > 1)}"] = through(scheduler)
 
         def run(call, requests: int) -> tuple[float, float]:
             """(requests/s, CPU ms per request) of `requests` calls spread over the threads."""

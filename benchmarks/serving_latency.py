@@ -49,12 +49,17 @@ def export_default_model(base_dir: Path, config=None) -> Path:
     return export_model(vae, base_dir)
 
 
-def model_path(export_dir: str | None, config=None) -> tuple[Path, contextlib.ExitStack]:
-    """The model folder to serve (<base>/<name>): the given one, or a fresh export (of
-    `config`, a ModelConfig, or the default one)."""
+def model_path(export_dir: str | None, overrides: tuple[str, ...] | list[str] = ()) -> tuple[Path, contextlib.ExitStack]:
+    """The model folder to serve (<base>/<name>): the given one, or a fresh export of the
+    default ModelConfig with `overrides` (`FIELD=VALUE` assignments) applied."""
+    from model import ModelConfig
+
     stack = contextlib.ExitStack()
     if export_dir:
         return Path(export_dir), stack
+    config = ModelConfig()
+    for assignment in overrides:
+        config = config.override(assignment)
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vae-bench-")))
     return export_default_model(tmp, config).parent, stack
 

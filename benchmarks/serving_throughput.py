@@ -167,8 +167,6 @@ class ProcessLoad(Load):
 
 
 def main() -> None:
-    from model import ModelConfig
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10_000, help="requests of each concurrent run")
     parser.add_argument("--single-requests", type=int, default=2_000, help="requests of each 1-client run")
@@ -191,10 +189,7 @@ def main() -> None:
         parser.error("--variant takes NAME=FILE, NAME not 'off' or 'on'")
     if args.model and args.export_dir:
         parser.error("--model describes the model to export; --export-dir serves one already exported")
-    config = ModelConfig()
-    for assignment in args.model:
-        config = config.override(assignment)
-    model_dir, cleanup = model_path(args.export_dir, config)
+    model_dir, cleanup = model_path(args.export_dir, args.model)
     extra = tuple(args.serve_args.split())
     with contextlib.ExitStack() as stack:
         stack.enter_context(cleanup)
