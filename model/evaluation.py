@@ -29,7 +29,7 @@ def as_seed(seed) -> tf.Tensor:
     return tf.cast(tf.convert_to_tensor(seed), tf.int64)
 
 
-def _posterior_draws(z_mean, z_log_var, num, seed):
+def posterior_draws(z_mean, z_log_var, num, seed):
     """num draws of z ~ q(z|x) per image: (B, D) -> (num, B, D)."""
     eps = tf.random.stateless_normal(tf.concat([[num], tf.shape(z_mean)], 0), seed)
     return z_mean[None] + ops.exp(0.5 * z_log_var)[None] * eps
@@ -59,7 +59,7 @@ def negative_elbo(model, images, seed=0, condition=None):
     """
     images = tf.convert_to_tensor(images, tf.float32)
     z_mean, z_log_var = model.posterior(images, condition)
-    z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
+    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
     reconstruction = model.likelihood.nll(images, model.decode_params(z, condition))
     return reconstruction + _latent_kl(model, z, z_mean, z_log_var)
 
@@ -67,14 +67,64 @@ def negative_elbo(model, images, seed=0, condition=None):
 def elbo_kl(model, images, seed=0, condition=None):
     """The KL part of `negative_elbo` for the same seed (the same draw z): -> (B,)."""
     z_mean, z_log_var = model.posterior(tf.convert_to_tensor(images, tf.float32), condition)
-    z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
+    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
     return _latent_kl(model, z, z_mean, z_log_var)
 
 
 def iwae_chunk_size(batch: int, image_shape, num_samples: int) -> int:
-    """How many importance samples per image fit the memory budget at once."""
+    """How many importance samples per image fit `IWAE_MEMORY_BUDGET` decoder outputs at
+    once (the default when the caller does not size chunks by the whole graph, as
+    `pipelines.evaluate` does)."""
     per_sample = max(1, batch * math.prod(image_shape))
     return max(1, min(num_samples, IWAE_MEMORY_BUDGET // per_sample))
+
+
+def importance_log_mean_exp(log_weights, num_samples: int, seed, chunk_size: int):
+    """log (1/k) sum_i exp(w_i) over k importance log-weights drawn chunk after chunk.
+
+    The chunks run one after another in a `tf.while_loop` (never side by side, in eager
+    code, in a `tf.function` and in an exported SavedModel alike), so what is held at
+    once is one chunk's tensors whatever k is. Chunk j draws with the seed folded with
+    its first draw's index; a last, partial chunk draws a whole chunk and masks the rest.
+
+    Args:
+        log_weights: (count, seed) -> (count, B) log-weights of `count` fresh draws per
+            example, `count` a Python int, `seed` an int64[2] tensor.
+        num_samples: k, a Python int.
+        seed: an int or an int64[2] tensor.
+        chunk_size: draws per chunk (per example).
+
+    Returns:
+        (B,) log (1/k) sum_i exp(w_i).
+    """
+    seed = as_seed(seed)
+    chunk = max(1, min(int(chunk_size), num_samples))
+    chunks = -(-num_samples // chunk)
+
+    def chunk_total(index):
+        start = index * chunk
+        weights = log_weights(chunk, tf.random.experimental.stateless_fold_in(seed, start))  # (c, B)
+        if chunks * chunk != num_samples:  # the last chunk's extra draws count for nothing
+            valid = start + tf.range(chunk) < num_samples  # (c,)
+            weights = tf.where(valid[:, None], weights, tf.constant(-math.inf, weights.dtype))
+        return tf.reduce_logsumexp(weights, axis=0)  # (B,)
+
+    total = chunk_total(0)
+    if chunks > 1:
+        def body(index, running):
+            return index + 1, tf.reduce_logsumexp(tf.stack([running, chunk_total(index)]), axis=0)
+
+        _, total = tf.while_loop(lambda index, _: index < chunks, body, (tf.constant(1), total),
+                                 parallel_iterations=1)
+    return total - math.log(num_samples)
+
+
+def tile_draws(values, count: int):
+    """(B, ...) -> (count * B, ...): the batch repeated once per draw (row i * B + b holds
+    example b), matching `tf.reshape` of (count, B, ...) draws."""
+    values = tf.convert_to_tensor(values)
+    return tf.reshape(tf.broadcast_to(values[None], (count, *tf.unstack(tf.shape(values)))),
+                      tf.concat([[-1], tf.shape(values)[1:]], 0))
 
 
 def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None,
@@ -82,8 +132,8 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     """The k-sample importance-weighted estimate of log p(x) (or log p(x|y)) per image: -> (B,).
 
     log p(x) ~= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x). It is a lower
-    bound that tightens as k grows (k = 1 is the ELBO). The k draws are taken in chunks
-    so that k = 5000 fits in memory; the chunks are combined with a log-sum-exp.
+    bound that tightens as k grows (k = 1 is the ELBO). The k draws are taken in chunks,
+    one after another (`importance_log_mean_exp`), so that k = 5000 fits in memory.
 
     Args:
         model: a VAE (anything with `posterior`, `decode_params` and `likelihood`).
@@ -94,35 +144,22 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
         condition: the condition vectors (B, C) of q(z|x, y) and p(x|z, y), or None.
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    seed = as_seed(seed)
     z_mean, z_log_var = model.posterior(images, condition)  # (B, D)
     log_prior = _log_prior(model)  # (the VampPrior's components computed once)
-    batch = tf.shape(images)[0]
-    image_shape = images.shape[1:]
     if chunk_size is None:
-        static_batch = images.shape[0] or 256
-        chunk_size = iwae_chunk_size(static_batch, image_shape, num_samples)
-    chunk_totals = []
-    for start in range(0, num_samples, chunk_size):
-        count = min(chunk_size, num_samples - start)
-        chunk_seed = tf.random.experimental.stateless_fold_in(seed, start)
-        z = _posterior_draws(z_mean, z_log_var, count, chunk_seed)  # (c, B, D)
+        chunk_size = iwae_chunk_size(images.shape[0] or 256, images.shape[1:], num_samples)
+    if condition is not None:
+        condition = tf.convert_to_tensor(condition, tf.float32)
+
+    def log_weights(count, chunk_seed):
+        z = posterior_draws(z_mean, z_log_var, count, chunk_seed)  # (c, B, D)
         flat_z = tf.reshape(z, (-1, z.shape[-1]))  # (c*B, D)
-        tiled = tf.reshape(
-            tf.broadcast_to(images[None], (count, batch, *image_shape)), (-1, *image_shape)
-        )  # (c*B, H, W, C)
-        tiled_condition = None
-        if condition is not None:
-            tiled_condition = tf.tile(tf.convert_to_tensor(condition, tf.float32), [count, 1])  # (c*B, C)
+        tiled_condition = None if condition is None else tile_draws(condition, count)  # (c*B, C)
         params = model.decode_params(flat_z, tiled_condition)
-        log_px_z = -tf.reshape(model.likelihood.nll(tiled, params), (count, batch))
-        log_w = (
-            log_px_z
-            + log_prior(z)
-            - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
-        )  # (c, B)
-        chunk_totals.append(tf.reduce_logsumexp(log_w, axis=0))
-    return tf.reduce_logsumexp(tf.stack(chunk_totals), axis=0) - math.log(num_samples)
+        log_px_z = -tf.reshape(model.likelihood.nll(tile_draws(images, count), params), (count, -1))
+        return log_px_z + log_prior(z) - losses.log_diag_normal(z, z_mean[None], z_log_var[None])  # (c, B)
+
+    return importance_log_mean_exp(log_weights, num_samples, seed, chunk_size)
 
 
 def kl_per_unit(model, images, condition=None):
@@ -142,6 +179,6 @@ def kl_per_unit(model, images, condition=None):
 
 def mixture_kl_per_unit(z_mean, z_log_var, components, seed=KL_UNIT_SEED):
     """Each unit's KL of q(z|x) to the marginal of a diagonal Gaussian mixture: -> (B, D)."""
-    z = _posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]  # (B, D)
+    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]  # (B, D)
     negative_entropy = -0.5 * (losses.LOG_2PI + 1.0 + z_log_var)  # E_q log q(z_d|x), exact
     return negative_entropy - priors.log_marginal_mixture_density(z, *components)

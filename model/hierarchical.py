@@ -10,7 +10,6 @@ Shapes: B = batch, D = latent units per layer, n = draws per example.
 
 from __future__ import annotations
 
-import math
 
 import keras
 import tensorflow as tf
@@ -130,7 +129,7 @@ class HierarchicalVAE(VAE):
         n, dim = z2.shape[0], self.latent_dim
         log_prior = log_prior or self.prior_log_density()
         flat_z2 = ops.reshape(z2, (-1, dim))  # (n*B, D)
-        tiled_x = ops.reshape(ops.broadcast_to(x[None], (n, *ops.shape(x))), (-1, *x.shape[1:]))
+        tiled_x = evaluation.tile_draws(x, n)  # (n*B, H, W, C)
         z1_mean, z1_log_var = self.posterior_z1(tiled_x, flat_z2)
         z1 = draw_z1(z1_mean, z1_log_var)  # (n*B, D)
         prior_mean, prior_log_var = self.prior_z1_params(flat_z2)
@@ -166,24 +165,21 @@ class HierarchicalVAE(VAE):
         z2_i ~ q(z2|x), z1_i ~ q(z1|x, z2_i); log (1/k) sum_i p(x, z1_i, z2_i) / q(z1_i, z2_i|x).
         """
         x = ops.convert_to_tensor(images, "float32")
-        seed = evaluation.as_seed(seed)
         z2_mean, z2_log_var = self.posterior(x)
         log_prior = self.prior_log_density()
         if chunk_size is None:
             chunk_size = evaluation.iwae_chunk_size(x.shape[0] or 256, x.shape[1:], num_samples)
-        totals = []
-        for start in range(0, num_samples, chunk_size):
-            count = min(chunk_size, num_samples - start)
-            chunk_seed = tf.random.experimental.stateless_fold_in(seed, start)
-            eps = tf.random.stateless_normal(tf.concat([[count], tf.shape(z2_mean)], 0), _fold(chunk_seed, 0))
-            z2 = z2_mean[None] + ops.exp(0.5 * z2_log_var)[None] * eps  # (count, B, D)
 
-            def draw_z1(mean, log_var, chunk_seed=chunk_seed):
-                return mean + ops.exp(0.5 * log_var) * tf.random.stateless_normal(tf.shape(mean), _fold(chunk_seed, 1))
+        def log_weights(count, chunk_seed):
+            z2 = evaluation.posterior_draws(z2_mean, z2_log_var, count, _fold(chunk_seed, 0))  # (c, B, D)
+
+            def draw_z1(mean, log_var):
+                return evaluation.posterior_draws(mean, log_var, 1, _fold(chunk_seed, 1))[0]
 
             log_px_z, log_ratio = self.log_weights(x, z2_mean, z2_log_var, z2, draw_z1, log_prior)
-            totals.append(tf.reduce_logsumexp(log_px_z + log_ratio, axis=0))
-        return tf.reduce_logsumexp(tf.stack(totals), axis=0) - math.log(num_samples)
+            return log_px_z + log_ratio  # (c, B)
+
+        return evaluation.importance_log_mean_exp(log_weights, num_samples, seed, chunk_size)
 
     def kl_per_unit(self, images, labels=None):
         """Each unit's KL, z1's units then z2's: -> (B, 2D). z1: KL(q(z1_d|x, z2) ||

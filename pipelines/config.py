@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from core.config import ConfigBase, load_config, require, require_choice, save_config
+from core.config import ConfigBase, ConfigError, load_config, require, require_choice, save_config
 from model.config import ModelConfig
 from pipelines.sources.spec import KINDS as SOURCE_KINDS, SourceSpec
 from serving import contract as C
@@ -13,6 +13,9 @@ from serving import contract as C
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 # How the learning rate falls over a run (`TrainConfig.lr_schedule`).
 LR_SCHEDULES = ("constant", "linear", "cosine")
+# A tfds dataset's validation images: the last 10% of its training split, held out of
+# training, so that model selection (early stopping, `vae tune`) never sees the test split.
+HELD_OUT_TRAIN, HELD_OUT_VALIDATION = "train[:90%]", "train[90%:]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +51,11 @@ class DataConfig(ConfigBase):
             contents (a resume with changed files is refused).
         binarize: dynamic binarisation, a fresh Bernoulli draw each time an image is
             fed; None means "when the likelihood is Bernoulli".
-        train_split, validation_split, test_split: tfds split expressions.
+        train_split, validation_split, test_split: tfds split expressions. By default
+            the last 10% of the training split is held out for validation (what
+            `train.early_stopping_patience` and `vae tune` select on), and the test split
+            only scores the final model; a validation split that shares images with the
+            test split is refused wherever it selects a model.
         image_size: (height, width) to resize to; None keeps the dataset's size (own
             data: the first image's).
         shuffle_buffer: shuffle buffer of the training split.
@@ -85,8 +92,8 @@ class DataConfig(ConfigBase):
     class_names: tuple[str, ...] | None = None
     fingerprint: str | None = None
     binarize: bool | None = None
-    train_split: str = "train"
-    validation_split: str = "test"
+    train_split: str = HELD_OUT_TRAIN
+    validation_split: str = HELD_OUT_VALIDATION
     test_split: str = "test"
     image_size: tuple[int, int] | None = None
     shuffle_buffer: int = 60_000
@@ -146,9 +153,13 @@ class TrainConfig(ConfigBase):
         learning_rate: Adam's learning rate.
         seed: seeds Python, NumPy, TensorFlow, the sampling noise and the data order.
         steps_per_epoch: batches per epoch on a repeated dataset; None = one pass.
-        iwae_k: importance samples of the test log-likelihood estimate.
+        iwae_k: importance samples of the test log-likelihood estimate; None = the
+            model's default, the largest of 1000, 500, 200, 100, ... whose work fits a fixed
+            budget (1000 for the MLP VAE and CVAE, 100 for the convolutional VAE and the MLP
+            M2, 10 for the convolutional M2; `pipelines.evaluate.resolve_iwae_k`).
         eval_examples: test images evaluated (None = the whole test split).
-        eval_batch_size: images per evaluation batch.
+        eval_batch_size: images per evaluation batch at most (smaller when one batch's
+            importance samples would not fit the evaluation's memory budget).
         model_name: the name the model is exported and served under.
         strategy: `auto`, `default`, `mirrored` or `multiworker` (see pipelines.distribute).
         cpu_replicas: split the CPU into N logical devices (mirrored training without GPUs).
@@ -181,7 +192,7 @@ class TrainConfig(ConfigBase):
     learning_rate: float = 1e-3
     seed: int = 0
     steps_per_epoch: int | None = None
-    iwae_k: int = 1000
+    iwae_k: int | None = None
     eval_examples: int | None = None
     eval_batch_size: int = 500
     model_name: str = C.MODEL_NAME
@@ -212,7 +223,7 @@ class TrainConfig(ConfigBase):
         require(self, "learning_rate", self.learning_rate > 0, "must be > 0")
         require(self, "steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1,
                 "must be >= 1 or null")
-        require(self, "iwae_k", self.iwae_k >= 1, "must be >= 1")
+        require(self, "iwae_k", self.iwae_k is None or self.iwae_k >= 1, "must be >= 1 or null")
         require(self, "eval_examples", self.eval_examples is None or self.eval_examples >= 1,
                 "must be >= 1 or null")
         require(self, "eval_batch_size", self.eval_batch_size >= 1, "must be >= 1")
@@ -238,6 +249,9 @@ class RunConfig(ConfigBase):
     def check_sections(self) -> "RunConfig":
         """Checks what depends on several sections (once every override is applied, as
         `resolve_config` and the training pipeline do); returns the config."""
+        if self.train.early_stopping_patience:
+            self.check_validation_unseen("train.early_stopping_patience="
+                                         f"{self.train.early_stopping_patience} selects the model on it")
         require(self.data, "labelled_per_class",
                 self.data.labelled_per_class is None or self.model.kind == "m2",
                 f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
@@ -252,6 +266,23 @@ class RunConfig(ConfigBase):
                     f"train.batch_size={batch} (it gives {labelled} labelled)")
         return self
 
+    def check_validation_unseen(self, why: str) -> None:
+        """Refuses a tfds validation split that may share images with the test split.
+
+        Args:
+            why: what selects on the validation split, for the message.
+
+        Raises:
+            ConfigError: naming data.validation_split, data.test_split and `why`.
+        """
+        data = self.data
+        if not data.own and splits_overlap(data.validation_split, data.test_split):
+            raise ConfigError(
+                f"data.validation_split={data.validation_split!r} shares images with "
+                f"data.test_split={data.test_split!r}, and {why}: the test images would no longer "
+                f"be unseen. Validate on a part of the training split (the default: "
+                f"data.train_split={HELD_OUT_TRAIN!r} data.validation_split={HELD_OUT_VALIDATION!r})")
+
     @property
     def labelled_per_batch(self) -> int | None:
         """The labelled examples of every training batch: round(`data.labelled_share` x
@@ -265,6 +296,44 @@ class RunConfig(ConfigBase):
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         return load_config(cls, path)
+
+
+def _split_parts(expression: str) -> list[tuple[str, str]]:
+    """(split name, slice text) of each `+` term of a tfds split expression."""
+    parts = []
+    for term in expression.replace(" ", "").split("+"):
+        name, _, rest = term.partition("[")
+        parts.append((name, rest.rstrip("]")))
+    return parts
+
+
+def _interval(piece: str) -> tuple[float, float, str] | None:
+    """(start, end, unit) of a slice such as `:90%`, `90%:` or `100:200`; None when it is
+    not a plain non-negative slice (a shard spec, a negative index)."""
+    start, sep, end = piece.partition(":")
+    units = {text[-1] for text in (start, end) if text and text[-1] == "%"}
+    start, end = start.rstrip("%"), end.rstrip("%")
+    if not sep or any(text and not text.isdigit() for text in (start, end)):
+        return None
+    unit = units.pop() if units else ""
+    if unit == "" and "%" in piece:
+        return None
+    return float(start or 0), float(end) if end else float("inf"), unit
+
+
+def splits_overlap(first: str, second: str) -> bool:
+    """Whether two tfds split expressions may share examples: a term of each names the
+    same split and their slices are not two provably disjoint ranges of the same unit."""
+    for name, piece in _split_parts(first):
+        for other_name, other_piece in _split_parts(second):
+            if name != other_name:
+                continue
+            a, b = _interval(piece), _interval(other_piece)
+            if not piece or not other_piece or a is None or b is None or a[2] != b[2]:
+                return True
+            if a[0] < b[1] and b[0] < a[1]:
+                return True
+    return False
 
 
 def resolve_config(config_file: str | None, overrides: list[str]) -> RunConfig:

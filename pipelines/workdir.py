@@ -33,8 +33,8 @@ from core.files import read_json, write_json_atomic
 from serving import contract as C
 
 __all__ = ["CHECKPOINT_DIR", "CONFIG_FILE", "EXPORT_DIR", "HISTORY_FILE", "LABELLED_FILE", "LOG_DIR",
-           "METRICS_FILE", "MODEL_FILE", "SOURCE_FILE", "History", "WorkdirError", "differences", "prepare", "read_json",
-           "save_model_atomic", "write_json_atomic"]
+           "METRICS_FILE", "MODEL_FILE", "SOURCE_FILE", "History", "WorkdirError", "differences",
+           "holds_trained_model", "prepare", "read_json", "remove", "save_model_atomic", "write_json_atomic"]
 
 # === Layout ===
 CONFIG_FILE = C.CONFIG_FILE  # the same names as the export's assets.extra/
@@ -51,6 +51,8 @@ EXPORT_DIR = "exports"
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.max_train_seconds", "train.strategy", "train.cpu_replicas",
     "train.early_stopping_patience", "train.tensorboard", "data.data_dir", "data.download",
+    # the test evaluation's settings: a run killed in its evaluation is evaluated again
+    "train.iwae_k", "train.eval_examples", "train.eval_batch_size",
 })
 
 
@@ -120,7 +122,7 @@ def prepare(workdir: Path, config, overwrite: bool, source: dict | None = None) 
         remove(workdir, (METRICS_FILE, MODEL_FILE, HISTORY_FILE, CONFIG_FILE, LABELLED_FILE,
                          SOURCE_FILE, CHECKPOINT_DIR, LOG_DIR))
     refuse_finished(workdir, METRICS_FILE, "run")
-    if (workdir / CHECKPOINT_DIR).exists():
+    if (workdir / CHECKPOINT_DIR).exists() or (workdir / MODEL_FILE).exists():
         _refuse_changed_files(workdir, source)
         recorded = read_json(workdir / CONFIG_FILE, default=None)
         changed = recorded is not None and differences(recorded, config.to_dict(), RESUMABLE_CHANGES)
@@ -131,6 +133,12 @@ def prepare(workdir: Path, config, overwrite: bool, source: dict | None = None) 
     config.save(workdir / CONFIG_FILE)
     if source is not None:
         write_json_atomic(workdir / SOURCE_FILE, source)
+
+
+def holds_trained_model(workdir: Path) -> bool:
+    """Whether `workdir` holds an unfinished run whose training is done: `model.keras` is
+    written once training ends, `metrics.json` once evaluation and export are done."""
+    return (workdir / MODEL_FILE).is_file() and not (workdir / METRICS_FILE).exists()
 
 
 def _refuse_changed_files(workdir: Path, source: dict | None) -> None:
@@ -175,6 +183,7 @@ class History:
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)  # whole epochs only
     completed_epochs: int = 0  # in the whole run, resumed epochs included
     train_seconds: float = 0.0  # this process's time in training steps
+    optimizer_steps: int = 0  # in the whole run, set when the trained model is saved
 
     def metrics(self) -> dict[str, list[float]]:
         keys = self.epochs[0].keys() if self.epochs else []
@@ -182,7 +191,8 @@ class History:
 
     def to_dict(self) -> dict:
         return {"metrics": self.metrics(), "epoch_seconds": self.epoch_seconds,
-                "completed_epochs": self.completed_epochs, "train_seconds": self.train_seconds}
+                "completed_epochs": self.completed_epochs, "train_seconds": self.train_seconds,
+                "optimizer_steps": self.optimizer_steps}
 
     @classmethod
     def from_dict(cls, data: dict) -> History:
@@ -190,7 +200,7 @@ class History:
         count = len(next(iter(metrics.values()), []))
         epochs = [{k: v[i] for k, v in metrics.items()} for i in range(count)]
         return cls(epochs, list(data.get("epoch_seconds", [])), int(data.get("completed_epochs", count)),
-                   float(data.get("train_seconds", 0.0)))
+                   float(data.get("train_seconds", 0.0)), int(data.get("optimizer_steps", 0)))
 
     def save(self, workdir: Path) -> None:
         write_json_atomic(workdir / HISTORY_FILE, self.to_dict())

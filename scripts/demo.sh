@@ -22,14 +22,14 @@ $vae serve --model-base-path "$out/train/exports/vae" --model-name vae --host 12
   --port "$port" > "$out/server.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-$vae generate --target "127.0.0.1:$port" --wait 120 -n 16 --seed 7 --out "$out/generated.png" || {
+$vae generate --target "127.0.0.1:$port" --wait 120 -n 16 --seed 7 --output "$out/generated.png" || {
   echo "demo: generate failed; the server's log:" >&2; cat "$out/server.log" >&2; exit 1; }
 kill "$server" && wait "$server" 2>/dev/null || true
 trap - EXIT
 
 echo "demo: 3/3 batch-encoding the test split"
-$vae encode --model "$out/train/exports/vae" --dataset fashion_mnist --split test \
-  --out "$out/codes" --overwrite
+$vae encode --model-base-path "$out/train/exports/vae" --dataset fashion_mnist --split test \
+  --output-dir "$out/codes" --overwrite
 
 echo "demo: done; outputs in $out: train/ (model, metrics.json, pictures, exports/vae/N),"\
      "generated.png (from the gRPC server), codes/ (Parquet latent codes of the test split)"

@@ -36,7 +36,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   constraints=()
   [ -f constraints.txt ] && constraints=(-c constraints.txt)
-  .venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+  .venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev,docs]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -108,6 +108,8 @@ def generate_grid(
     wait_seconds: float = 0.0,
     labels=None,
     columns: int | None = None,
+    version: int | None = None,
+    version_label: str | None = None,
 ) -> Path:
     """Asks a server for `n` generated images (one per label of a label model) and writes
     them as a PNG grid.
@@ -124,6 +126,8 @@ def generate_grid(
         wait_seconds: first wait up to this long for the server to have a version loaded.
         labels: class labels for a label-conditioned model (CVAE on labels, M2), or None.
         columns: images per grid row (default: a near-square grid).
+        version: ask for this version (default: the latest loaded).
+        version_label: ask for the version behind this label (exclusive with `version`).
 
     Returns:
         The PNG path.
@@ -135,7 +139,8 @@ def generate_grid(
     from serving import contract
     from serving.client import VAEClient
 
-    with VAEClient(target, model_name or contract.MODEL_NAME, timeout, tls=tls) as client:
+    with VAEClient(target, model_name or contract.MODEL_NAME, timeout, tls=tls, version=version,
+                   version_label=version_label) as client:
         if wait_seconds > 0:
             client.wait_until_ready(timeout=wait_seconds)
         if labels is None:

@@ -81,7 +81,7 @@ class EncodeConfig(ConfigBase):
     progress: bool = True
 
     FIELD_LABELS: ClassVar[dict[str, str]] = {
-        "model": "--model", "out": "--out", "input_kind": "the input kind", "dataset": "--dataset",
+        "model": "--model-base-path", "out": "--output-dir", "input_kind": "the input kind", "dataset": "--dataset",
         "paths": "the input paths", "image_feature": "--image-feature", "output_format": "--format",
         "runner": "--runner", "rows_per_shard": "--rows-per-shard", "batch_size": "--batch-size",
     }

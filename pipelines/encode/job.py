@@ -27,7 +27,7 @@ def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState
             `overwrite` is off), or files that no encode job wrote.
     """
     if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
-        raise EncodeError(f"--out {out} is a file; name a folder")
+        raise EncodeError(f"--output-dir {out} is a file; name a folder")
     tf.io.gfile.makedirs(out)
     state = output.JobState(out)
     manifest, name = None, None
@@ -39,7 +39,7 @@ def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState
                  f"{output.MANIFEST_FILE})" if name == output.LEGACY_MANIFEST_FILE else "")
         raise EncodeError(f"{out} already holds a finished encoding ({name}: "
                           f"{manifest.get('rows')} rows, written {manifest.get('finished_utc')}{older}); "
-                          f"pass --overwrite to replace it, or choose another --out")
+                          f"pass --overwrite to replace it, or choose another --output-dir")
     recorded = state.job()
     if manifest is not None or (recorded is not None and recorded != identity and overwrite):
         output.remove_outputs(out)
@@ -47,12 +47,12 @@ def prepare_output(out: str, identity: dict, overwrite: bool) -> output.JobState
     elif recorded is not None and recorded != identity:
         raise EncodeError(f"{out} holds an unfinished encoding made with other arguments "
                           f"({differences(recorded, identity)}); run the earlier command again to "
-                          f"finish it, pass --overwrite to start over, or choose another --out")
+                          f"finish it, pass --overwrite to start over, or choose another --output-dir")
     if recorded is None:
         foreign = sorted(n.rstrip("/") for n in tf.io.gfile.listdir(out) if not output.is_ours(n))
         if foreign:
             raise EncodeError(f"{out} is not empty and holds no encode job ({', '.join(foreign[:5])}"
-                              f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty --out")
+                              f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty --output-dir")
         output.remove_outputs(out)  # leftovers of a job killed before it recorded itself
         state.start(identity)
     else:

@@ -70,14 +70,14 @@ def resolve_version_dir(path: str) -> str:
     if "://" not in path:
         path = os.path.abspath(path)
     if not tf.io.gfile.isdir(path):
-        raise EncodeError(f"--model {path} does not exist (expected an export folder)")
+        raise EncodeError(f"--model-base-path {path} does not exist (expected an export folder)")
     if _is_version_dir(path):
         return path
     for version in reversed(list_versions(path)):
         if _is_version_dir(join(path, str(version))):
             return join(path, str(version))
     raise EncodeError(
-        f"--model {path} holds no SavedModel: expected {C.SAVED_MODEL_FILE} in it, or in an "
+        f"--model-base-path {path} holds no SavedModel: expected {C.SAVED_MODEL_FILE} in it, or in an "
         f"integer version folder under it (<base>/<model_name>/<version>/{C.SAVED_MODEL_FILE})"
     )
 

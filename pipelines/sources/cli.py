@@ -4,7 +4,7 @@
     --images DIR                                       PNG/JPEG files (class subfolders: labels)
     --npy FILE_OR_GLOB...                              .npy arrays (N, H, W[, C])
     --tfrecord FILE_OR_GLOB... [--image-feature F] [--label-feature F] [--id-feature F]
-    --labels FILE.npy   --resize   --skip-bad
+    --labels-file FILE.npy   --resize   --skip-bad    (--labels: the old spelling, warns)
     training only: --image-size HxW  --channels N  --validation-fraction F  --test-fraction F
                    --split-seed N
 
@@ -28,19 +28,29 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def add_input_flags(parser: argparse.ArgumentParser, *, required: bool, training: bool,
-                    default_note: str = "") -> None:
+                    default_note: str = "", defaults=None, section: str | None = None) -> None:
     """Adds the input flags to a subcommand's parser.
 
     Args:
         required: one of --dataset, --images, --npy, --tfrecord must be given (encode).
         training: add the flags that shape and split training data (--image-size, ...).
         default_note: what the input is when none is given, for the help text.
+        defaults: the config dataclass whose field defaults the help texts state (the
+            flags default to None, so that a --config file's values stand unless a flag
+            is given): `DataConfig` for training, the encode job's config otherwise.
+        section: the config section of those fields ("data"), or None.
     """
+    from core.cli import add_old_spelling, config_default
+
+    def default(field: str) -> str:
+        return config_default(defaults, field, section) if defaults is not None else ""
+
     title = "input (exactly one of --dataset, --images, --npy, --tfrecord)" if required else (
         f"input (one of --dataset, --images, --npy, --tfrecord{default_note})")
     given = parser.add_argument_group(title)
     kind = given.add_mutually_exclusive_group(required=required)
-    kind.add_argument("--dataset", help="tensorflow-datasets image dataset, e.g. fashion_mnist")
+    kind.add_argument("--dataset", help="tensorflow-datasets image dataset, e.g. fashion_mnist"
+                      + (f" ({default('dataset')}, when no input is given)" if defaults is not None and training else ""))
     kind.add_argument("--images", metavar="DIR",
                       help="folder of PNG/JPEG files (searched recursively); when every image is in a "
                       "subfolder, each subfolder is a class, named after it")
@@ -48,32 +58,47 @@ def add_input_flags(parser: argparse.ArgumentParser, *, required: bool, training
                       "uint8 0..255 or float 0..1")
     kind.add_argument("--tfrecord", nargs="+", metavar="FILE",
                       help="TFRecord files or globs of serialized tf.train.Example")
-    given.add_argument("--split", help="tfds split expression, e.g. test, train[:10%%], train+test"
-                       + (" (training: the training split)" if training else ""))
-    given.add_argument("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    given.add_argument("--image-feature", help="TFRecord image feature (default image)")
+    if training:
+        given.add_argument("--split", help="with --dataset: the tfds split to train on, e.g. train[:50%%] ("
+                           f"{default('train_split')}); validation stays data.validation_split, so "
+                           "choose a training split that leaves it out")
+    else:
+        given.add_argument("--split", help="with --dataset: the tfds split expression, e.g. test, "
+                           "train[:10%%], train+test (no default: required with --dataset)")
+    given.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR, else "
+                       "~/tensorflow_datasets)")
+    given.add_argument("--image-feature", help=f"TFRecord image feature ({default('image_feature')})")
     given.add_argument("--label-feature",
-                       help="TFRecord int64 label feature, '' for none (default label, if present)")
-    given.add_argument("--id-feature", help="TFRecord feature to use as the row id (encode)")
-    given.add_argument("--labels", metavar="FILE.npy",
-                       help="a .npy of one integer label per input, in the order the inputs are listed")
+                       help=f"TFRecord int64 label feature, '' for none ({default('label_feature')}; "
+                       "used when present)")
+    given.add_argument("--id-feature", help="TFRecord feature to use as the row id of vae encode's "
+                       "output (default: the input's position)" + ("; training does not use it" if training else ""))
+    labels = given.add_argument("--labels-file", metavar="FILE.npy",
+                                help="with --images, --npy or --tfrecord: a .npy of one integer label "
+                                "per input, in the order the inputs are listed (default: none; image "
+                                "folders take labels from class subfolders, TFRecords from "
+                                "--label-feature)")
+    add_old_spelling(given, labels, "--labels")
     given.add_argument("--resize", action="store_true", default=None,
                        help="resize (bilinear) and convert channels of images of another shape "
-                       "instead of rejecting them")
+                       "instead of rejecting them (default: off)")
     given.add_argument("--skip-bad", action="store_true", default=None,
                        help="skip bad inputs (undecodable, wrong shape, NaN) and list them instead of "
-                       "stopping on the first")
+                       "stopping on the first (default: off)")
     if training:
         given.add_argument("--image-size", type=image_size, metavar="HxW",
-                           help="train at this size: own images are resized to it (implies --resize)")
+                           help="train at this size: own images are resized to it (implies --resize; "
+                           "default: the images' own size)")
         given.add_argument("--channels", type=int, choices=(1, 3, 4),
                            help="train on 1 (grey), 3 (RGB) or 4 (RGBA) channels (own data; implies "
                            "--resize; default: the first image's)")
-        given.add_argument("--validation-fraction", type=float,
-                           help="own data: the share of images held out for validation (default 0.1)")
-        given.add_argument("--test-fraction", type=float,
-                           help="own data: the share of images held out for the test (default 0.1)")
-        given.add_argument("--split-seed", type=int, help="own data: seeds the draw of the held-out splits")
+        given.add_argument("--validation-fraction", type=float, metavar="F",
+                           help="own data: the share of images held out for validation "
+                           f"({default('validation_fraction')})")
+        given.add_argument("--test-fraction", type=float, metavar="F",
+                           help=f"own data: the share of images held out for the test ({default('test_fraction')})")
+        given.add_argument("--split-seed", type=int, metavar="N",
+                           help=f"own data: seeds the draw of the held-out splits ({default('split_seed')})")
 
 
 def input_kind(args) -> tuple[str | None, tuple[str, ...]]:
@@ -94,8 +119,8 @@ def check_input_flags(args, error: type[Exception]) -> None:
                                     ("--id-feature", args.id_feature)) if v is not None]
     if tfrecord_only and kind != "tfrecord":
         raise error(f"{', '.join(tfrecord_only)} go with --tfrecord")
-    if args.labels and kind in (None, "tfds"):
-        raise error("--labels goes with --images, --npy or --tfrecord (a tfds dataset has its own labels)")
+    if args.labels_file and kind in (None, "tfds"):
+        raise error("--labels-file goes with --images, --npy or --tfrecord (a tfds dataset has its own labels)")
 
 
 def data_overrides(args, error: type[Exception]) -> list[str]:
@@ -110,8 +135,8 @@ def data_overrides(args, error: type[Exception]) -> list[str]:
             fields["train_split"] = args.split
     elif kind is not None:
         fields.update(source=kind, paths=list(paths))
-    if args.labels is not None:
-        fields["labels_file"] = args.labels
+    if args.labels_file is not None:
+        fields["labels_file"] = args.labels_file
     for field in ("data_dir", "image_feature", "resize", "skip_bad", "channels", "validation_fraction",
                   "test_fraction", "split_seed"):  # flags named as their fields
         if getattr(args, field, None) is not None:

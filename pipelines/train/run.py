@@ -22,7 +22,7 @@ from model.vae import VAE
 from pipelines import data, plots, workdir as W
 from pipelines.config import RunConfig
 from pipelines.distribute import Cluster, make_cluster
-from pipelines.evaluate import evaluate
+from pipelines.evaluate import evaluate, resolve_iwae_k
 from pipelines.optimizers import FusedAdam
 from pipelines.train.inputs import Datasets, load_datasets, test_dataset, training_images
 from pipelines.train.trainer import Trainer
@@ -135,45 +135,111 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
         W.prepare(workdir, config, overwrite, source=datasets.source)
         if datasets.labelled is not None:
             W.write_json_atomic(workdir / W.LABELLED_FILE, datasets.labelled)
-    vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
-    if not cluster.is_chief:
-        return {}
-    metrics = finish(config, vae, history, datasets, workdir, verbose=verbose)
+    trainer = None
+    if cluster.workers == 1 and W.holds_trained_model(workdir):
+        # An earlier run of this command trained, saved and then died (killed in its test
+        # evaluation, say): its model is final, so evaluate it without training again.
+        log.info("%s holds this run's trained model: evaluating it without training again",
+                 workdir / W.MODEL_FILE)
+        vae, history = load_trained(workdir)
+    else:
+        vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
+        if not cluster.is_chief:
+            return {}
+        save_trained(vae, history, workdir)
+    metrics, failure = evaluate_run(config, vae, history, datasets, workdir, verbose=verbose)
     metrics.update(replicas=cluster.replicas, strategy=cluster.name)
     version_dir = export_model(vae, workdir / W.EXPORT_DIR, config.train.model_name,
                                run_config=config.to_dict(), metrics=metrics,
                                class_names=datasets.class_names)
     metrics.update(export=str(version_dir))
+    if failure is not None:
+        raise EvaluationError(
+            f"{failure}. The trained model is saved ({workdir / W.MODEL_FILE}) and exported "
+            f"({version_dir}); run the same command again to evaluate it without training "
+            f"(evaluation settings such as train.iwae_k=100 or train.eval_examples=2000 may change)")
     metrics.update(wall_seconds=time.perf_counter() - started)
     W.write_json_atomic(workdir / W.METRICS_FILE, metrics)
-    trainer.clear_checkpoints()
+    if trainer is not None:
+        trainer.clear_checkpoints()
+    else:
+        W.remove(workdir, (W.CHECKPOINT_DIR,))
     return metrics
+
+
+class EvaluationError(Exception):
+    """The test evaluation or the pictures failed after training (exit code 1); the trained
+    model is saved and exported all the same."""
+
+
+def save_trained(vae: VAE, history: History, workdir: Path) -> None:
+    """Writes model.keras and history.json (with the optimizer's step count): from here on a
+    run that dies is evaluated, not trained, when the same command runs again."""
+    optimizer = getattr(vae, "optimizer", None)
+    if optimizer is not None:
+        history.optimizer_steps = int(optimizer.iterations.numpy())
+    history.save(workdir)
+    W.save_model_atomic(vae, workdir / W.MODEL_FILE)  # last: its presence marks training done
+
+
+def load_trained(workdir: Path) -> tuple[VAE, History]:
+    """The model and history `save_trained` left in `workdir`."""
+    vae = keras.models.load_model(workdir / W.MODEL_FILE, compile=False)
+    return vae, History.load(workdir) or History()
 
 
 def finish(config: RunConfig, vae: VAE, history: History, datasets: Datasets, workdir: Path,
            *, verbose: int = 2) -> dict:
     """Saves the model and history, evaluates on the test split and draws the pictures;
-    returns the metrics (the caller writes them last)."""
-    W.save_model_atomic(vae, workdir / W.MODEL_FILE)
-    history.save(workdir)
+    returns the metrics (the caller writes them last).
+
+    Raises:
+        EvaluationError: the evaluation or the pictures failed (the model is saved).
+    """
+    save_trained(vae, history, workdir)
+    metrics, failure = evaluate_run(config, vae, history, datasets, workdir, verbose=verbose)
+    if failure is not None:
+        raise EvaluationError(f"{failure}; the trained model is saved in {workdir / W.MODEL_FILE}")
+    return metrics
+
+
+def evaluate_run(config: RunConfig, vae: VAE, history: History, datasets: Datasets, workdir: Path,
+                 *, verbose: int = 2) -> tuple[dict, str | None]:
+    """The run's metrics: its training figures, then the test evaluation and the pictures.
+
+    Returns:
+        (metrics, failure): `failure` says what failed (the evaluation or the pictures),
+        None when all went well; the metrics then hold what was measured before it.
+    """
     train_cfg = config.train
-    test_ds, test_count = test_dataset(config, datasets)
-    log.info("evaluating on %d test images (IWAE k=%d)", test_count, train_cfg.iwae_k)
-    metrics = evaluate(vae, test_ds, iwae_k=train_cfg.iwae_k, batch_size=train_cfg.eval_batch_size,
-                       seed=train_cfg.seed, num_examples=test_count, verbose=verbose == 1)
-    pictures = draw_pictures(vae, test_ds, workdir, seed=train_cfg.seed)
     steady = history.epoch_seconds[1:] or history.epoch_seconds
     images_per_epoch = datasets.steps_per_epoch * train_cfg.batch_size
-    metrics.update(
+    metrics = dict(
         epochs=history.completed_epochs,
-        optimizer_steps=int(vae.optimizer.iterations.numpy()),
+        optimizer_steps=history.optimizer_steps,
         train_images_per_second=images_per_epoch / statistics.median(steady) if steady else None,
         epoch_seconds=history.epoch_seconds,
         train_seconds=history.train_seconds,
         dataset=config.data.name,
-        pictures=sorted(p.name for p in pictures),
     )
-    return metrics
+    test_ds, test_count = test_dataset(config, datasets)
+    iwae_k, chosen = resolve_iwae_k(vae, train_cfg.iwae_k)
+    log.info("evaluating on %d test images (IWAE k=%d, %s; train.iwae_k and train.eval_examples "
+             "change it)", test_count, iwae_k, chosen)
+    try:
+        metrics.update(evaluate(vae, test_ds, iwae_k=iwae_k, batch_size=train_cfg.eval_batch_size,
+                                seed=train_cfg.seed, num_examples=test_count, verbose=verbose == 1))
+        metrics["eval_plan"]["iwae_k"] = chosen
+    except Exception as error:  # noqa: BLE001 - reported, and the model is kept
+        log.exception("the test evaluation failed")
+        return metrics, f"the test evaluation failed ({type(error).__name__}: {error})"
+    try:
+        pictures = draw_pictures(vae, test_ds, workdir, seed=train_cfg.seed)
+    except Exception as error:  # noqa: BLE001 - reported, and the model is kept
+        log.exception("drawing the pictures failed")
+        return metrics, f"drawing the pictures failed ({type(error).__name__}: {error})"
+    metrics.update(pictures=sorted(p.name for p in pictures))
+    return metrics, None
 
 
 def draw_pictures(vae, test_ds, workdir: Path, seed: int = 0) -> list[Path]:

@@ -20,6 +20,7 @@ from serving import contract as C
 from tests.pipelines.test_distribute import run
 
 ROOT = Path(__file__).resolve().parents[2]
+TRAIN_IMAGES = 54_000  # Fashion-MNIST's training images in the default data.train_split (train[:90%])
 
 
 def config_of(tfds_dir, *overrides):
@@ -48,14 +49,14 @@ def test_the_labelled_subset_is_balanced_and_reproducible(tfds_dir):
 @pytest.mark.parametrize("in_memory_max_mb", [1024, 0])  # gathered from memory, or streamed
 def test_an_m2_epoch_sees_each_labelled_image_once_and_the_rest_as_minus_one(tfds_dir, in_memory_max_mb):
     config = config_of(tfds_dir, "model.kind=m2", "data.labelled_per_class=5", "train.batch_size=500",
-                       "train.steps_per_epoch=120", f"data.in_memory_max_mb={in_memory_max_mb}")
+                       f"train.steps_per_epoch={TRAIN_IMAGES // 500}", f"data.in_memory_max_mb={in_memory_max_mb}")
     config, datasets = load_datasets(config)
     assert config.model.num_classes == 10
-    assert config.model.alpha == pytest.approx(0.1 * (60000 / 50) ** 2)
+    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) ** 2)
     record = datasets.labelled
     assert record["count"] == 50 and record["class_counts"] == {str(k): 5 for k in range(10)}
-    seen = np.concatenate([labels.numpy() for _, labels in datasets.train.take(120)])  # one pass
-    assert seen.shape == (60000,) and set(np.unique(seen)) == {-1, *range(10)}
+    seen = np.concatenate([labels.numpy() for _, labels in datasets.train.take(TRAIN_IMAGES // 500)])  # one pass
+    assert seen.shape == (TRAIN_IMAGES,) and set(np.unique(seen)) == {-1, *range(10)}
     np.testing.assert_array_equal(np.sort(seen[seen >= 0]), np.sort(record["labels"]))
 
 
@@ -114,14 +115,14 @@ def test_m2_reports_its_terms_the_marginal_nll_and_its_accuracy(runs):
     workdir, metrics = runs["m2"]
     history = json.loads((workdir / "history.json").read_text())["metrics"]
     assert {"classification", "entropy", "accuracy", "labelled", "val_accuracy"} <= set(history)
-    assert history["val_labelled"] == [1.0, 1.0]  # the test split is labelled
-    assert 0 < history["labelled"][-1] < 0.01  # 200 of 60000 training images
+    assert history["val_labelled"] == [1.0, 1.0]  # the validation images keep their labels
+    assert 0 < history["labelled"][-1] < 0.01  # 200 of 54,000 training images
     assert 0.1 < metrics["test_accuracy"] <= 1.0 and metrics["test_marginal_iwae_nll"] > 0
     record = json.loads((workdir / "labelled.json").read_text())
     config = RunConfig.load(workdir / "config.json")
-    labels = data.split_labels(data.get_builder(config.data), "train")
+    labels = data.split_labels(data.get_builder(config.data), config.data.train_split)
     assert record["indices"] == labelled.select(labels, 20, 10, config.train.seed).tolist()
-    assert config.model.alpha == pytest.approx(0.1 * (60000 / 200) ** 2)
+    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) ** 2)
 
 
 @pytest.mark.slow

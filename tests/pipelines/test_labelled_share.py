@@ -17,6 +17,8 @@ from pipelines.train import load_datasets
 from pipelines.train import cli as train_cli
 from pipelines.train.inputs import resolve_model
 
+TRAIN_IMAGES = 54_000  # Fashion-MNIST's training images in the default data.train_split (train[:90%])
+
 
 def config_of(*overrides) -> RunConfig:
     config = RunConfig()
@@ -130,11 +132,11 @@ def test_the_default_alpha_with_a_share_is_a_tenth_of_n_over_n_labelled_over_the
     builder = data.get_builder(DataConfig(data_dir=tfds_dir))
     base = (f'data.data_dir="{tfds_dir}"', "data.labelled_per_class=5")
     shared, _ = resolve_model(config_of(*base, "data.labelled_share=0.25"), builder)
-    assert shared.model.alpha == pytest.approx(0.1 * (60000 / 50) / 0.25)
+    assert shared.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / 0.25)
     natural, _ = resolve_model(config_of(*base), builder)
-    assert natural.model.alpha == 0.1 * (60000 / 50) ** 2  # today's value, unchanged
+    assert natural.model.alpha == 0.1 * (TRAIN_IMAGES / 50) ** 2  # today's value, unchanged
     # The general formula at the natural share is today's.
-    assert natural.model.alpha == pytest.approx(0.1 * (60000 / 50) / (50 / 60000))
+    assert natural.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / (50 / TRAIN_IMAGES))
     explicit, _ = resolve_model(config_of(*base, "data.labelled_share=0.25", "model.alpha=3"), builder)
     assert explicit.model.alpha == 3.0
 
@@ -187,4 +189,4 @@ def test_a_short_m2_run_with_a_labelled_share_trains_on_half_labelled_batches(tf
     assert history["labelled"] == [0.5, 0.5]  # 32 of every 64 training images were labelled
     config = RunConfig.load(workdir / "config.json")
     assert config.data.labelled_share == 0.5
-    assert config.model.alpha == pytest.approx(0.1 * (60000 / 200) / 0.5)
+    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) / 0.5)

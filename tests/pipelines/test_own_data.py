@@ -145,7 +145,7 @@ def test_a_cvae_trains_on_npy_with_a_labels_file(tmp_path):
     np.save(tmp_path / "x.npy", images)
     np.save(tmp_path / "y.npy", labels)
     workdir = tmp_path / "run"
-    code = cli.main(["train", "--workdir", str(workdir), "--npy", str(tmp_path / "x.npy"), "--labels",
+    code = cli.main(["train", "--workdir", str(workdir), "--npy", str(tmp_path / "x.npy"), "--labels-file",
                      str(tmp_path / "y.npy"), "--kind", "cvae", "--likelihood", "gaussian", *TINY])
     assert code == 0
     config = RunConfig.load(workdir / "config.json")
@@ -303,4 +303,6 @@ def test_tune_takes_the_same_input_flags_and_holds_no_tfds_split_for_own_data(ph
                                           "--image-size", "16x16", "--skip-bad"])
     config = tune_cli.tune_config(args)
     assert (config.data.source, config.data.paths, config.data.image_size) == ("images", (str(photos),), (16, 16))
-    assert config.data.skip_bad and config.data.train_split == "train"  # no tfds split held out
+    # Own data is split by seed (data.validation_fraction, data.test_fraction); the tfds
+    # split expressions are not applied to it.
+    assert config.data.skip_bad and config.data.own

@@ -53,6 +53,20 @@ def test_generate_writes_a_png_grid(server, client, tmp_path, capsys):
     np.testing.assert_array_equal(pixels, upscale(tiles))  # every pixel a factor x factor block
 
 
+def test_generate_asks_the_server_for_the_version_or_label_given(server, tmp_path, capsys):
+    """The server holds version 1 and no labels: --version 1 draws, --version 2 and an
+    unknown --version-label are refused by the server, so both reached it."""
+    target = f"127.0.0.1:{server.port}"
+    out = tmp_path / "v1.png"
+    assert run("generate", "--target", target, "-n", "4", "--seed", "1", "--version", "1", "--output", str(out)) == 0
+    assert out.is_file() and capsys.readouterr().out.strip() == str(out)
+    assert run("generate", "--target", target, "--version", "2", "--output", str(tmp_path / "v2.png")) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert run("generate", "--target", target, "--version-label", "stable", "--output", str(tmp_path / "l.png")) == 1
+    assert "stable" in capsys.readouterr().err
+    assert not (tmp_path / "v2.png").exists() and not (tmp_path / "l.png").exists()
+
+
 def test_generate_against_no_server_fails_cleanly(tmp_path, capsys):
     target = f"127.0.0.1:{free_port()}"
     code = run("generate", "--target", target, "--timeout", "1", "--out", str(tmp_path / "x.png"))
