@@ -1,7 +1,9 @@
 """Test NLL of named candidates beside the 784-400-20 MLP VAE, same time budget, one run.
 
-Each model trains on dynamically binarised Fashion-MNIST for the same wall-clock budget
-of training steps (default 600 s), one after the other in this process, then is
+Each model trains on dynamically binarised Fashion-MNIST (the run config's default
+splits: it trains on `train[:90%]`, 54,000 images, and validates on `train[90%:]`, which
+steers nothing here: no early stopping) for the same wall-clock budget of training steps
+(default 600 s), one after the other in this process, then is
 evaluated on the test images (all 10,000 by default, binarised once) with the IWAE bound
 (k = 1000 by default). Prints one JSON line per model as it finishes (also appended to
 `<out>/results.jsonl`), then a Markdown table: NLL, negative ELBO, active units, epochs,
