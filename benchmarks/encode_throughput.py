@@ -47,13 +47,13 @@ from serving import contract as C  # noqa: E402
 def default_export(folder: Path, architecture: str | None) -> tuple[Path, str]:
     """An untrained VAE of the default ModelConfig (or of `architecture`), exported ->
     (version folder, a short description)."""
-    from model import VAE, ModelConfig
+    from model import ModelConfig, build_model
     from serving.export import export_model
 
     config = ModelConfig(image_shape=(28, 28, 1))
     if architecture:
         config = config.override(f"architecture={architecture}")
-    vae = VAE(config, seed=0)
+    vae = build_model(config, seed=0)
     vae(np.zeros((1, 28, 28, 1), np.float32))
     layers = "-".join(map(str, config.hidden_units))
     if config.architecture == "conv":

@@ -41,10 +41,10 @@ VAE = (sys.executable, "-c", "import sys; from pipelines.cli import main; sys.ex
 def export_default_model(base_dir: Path, config=None) -> Path:
     """Exports the default ModelConfig (28x28x1, latent 16, MLP 512-256), or `config`, with
     random weights; -> the version folder."""
-    from model import VAE, ModelConfig
+    from model import ModelConfig, build_model
     from serving.export import export_model
 
-    vae = VAE(config or ModelConfig(), seed=0)
+    vae = build_model(config or ModelConfig(), seed=0)
     vae(np.zeros((1, *vae.image_shape), "float32"))
     return export_model(vae, base_dir)
 

@@ -2,22 +2,24 @@
 layers, networks, the models and their evaluation. No I/O here.
 
 Loaded lazily (PEP 562): `model.config` alone loads neither Keras nor TensorFlow (the
-`vae` parser reads its choices); `from model import VAE` (or `model_class`) loads the models and registers
-every custom Keras object, which `keras.models.load_model` needs.
+`vae` parser reads its choices); `from model import VAE` (or any model class, `build_model`,
+`model_class`) loads every model through `model.kinds` and so registers every custom Keras
+object, which `keras.models.load_model` needs.
 """
 
 from core.lazy import lazy_attributes
 
 _WHERE = {
-    "CVAE": "model.cvae",
+    "CVAE": "model.kinds",
     "ConvClassifier": "model.classifiers",
     "HalfCondition": "model.conditions",
-    "HierarchicalVAE": "model.hierarchical",
+    "HierarchicalVAE": "model.kinds",
     "PseudoInputs": "model.priors",
     "LabelCondition": "model.conditions",
-    "M2": "model.m2",
+    "M2": "model.kinds",
     "MLPClassifier": "model.classifiers",
-    "MODEL_CLASSES": "model.kinds",
+    "REGISTRY": "model.kinds",
+    "build_model": "model.kinds",
     "model_class": "model.kinds",
     "ConfigBase": "model.config",
     "ConfigError": "model.config",
@@ -29,7 +31,7 @@ _WHERE = {
     "ConvEncoder": "model.networks",
     "MLPDecoder": "model.networks",
     "MLPEncoder": "model.networks",
-    "VAE": "model.vae",
+    "VAE": "model.kinds",
 }
 
 __all__ = sorted(_WHERE)

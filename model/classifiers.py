@@ -8,11 +8,11 @@ from keras import layers
 
 from model.config import ModelConfig
 from model.layers import PACKAGE
-from model.networks import _Network, _stack, strided_convs
+from model.networks import ConvTrunk, Network, apply_layers
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MLPClassifier(_Network):
+class MLPClassifier(Network):
     """q(y|x) logits: flatten, dense hidden layers, then one logit per class.
 
     Args:
@@ -35,7 +35,7 @@ class MLPClassifier(_Network):
         self.logits = layers.Dense(self.num_classes, name="logits")
 
     def call(self, images, condition=None):
-        h = _stack(self.flatten(images), self.hidden)  # (B, units)
+        h = apply_layers(self.flatten(images), self.hidden)  # (B, units)
         return self.logits(h)  # (B, K)
 
     def compute_output_shape(self, input_shape):
@@ -52,7 +52,7 @@ class MLPClassifier(_Network):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ConvClassifier(_Network):
+class ConvClassifier(ConvTrunk):
     """q(y|x) logits: stride-2 convolutions, an optional dense layer, one logit per class.
 
     Args:
@@ -71,20 +71,12 @@ class ConvClassifier(_Network):
                  activation="relu", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
-        self.conv_filters = tuple(int(f) for f in conv_filters)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.kernel_size = int(kernel_size)
-        self.activation = activation
+        self.make_trunk(conv_filters, hidden_units, kernel_size, activation)
         # === Layers ===
-        self.convs = strided_convs(self.conv_filters, self.kernel_size, activation)
-        self.flatten = layers.Flatten()
-        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
         self.logits = layers.Dense(self.num_classes, name="logits")
 
     def call(self, images, condition=None):
-        h = _stack(images, self.convs)  # (B, H/2^n, W/2^n, F)
-        h = _stack(self.flatten(h), self.hidden)  # (B, units)
-        return self.logits(h)  # (B, K)
+        return self.logits(self.trunk(images))  # (B, K)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
@@ -94,10 +86,7 @@ class ConvClassifier(_Network):
         return {
             **super().get_config(),
             "num_classes": self.num_classes,
-            "conv_filters": list(self.conv_filters),
-            "hidden_units": list(self.hidden_units),
-            "kernel_size": self.kernel_size,
-            "activation": self.activation,
+            **self.trunk_config(),
         }
 
 

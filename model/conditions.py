@@ -27,6 +27,8 @@ class LabelCondition:
     """
 
     name = "label"
+    takes_labels = True  # (what a model on this condition serves: `model.vae.VAE`)
+    completes = False
 
     def __init__(self, image_shape, num_classes: int):
         self.image_shape = tuple(image_shape)
@@ -65,6 +67,10 @@ class HalfCondition:
         >>> x, c = half.split(images, None)  # (B, 28, 14, 1), (B, 28 * 14)
         >>> whole = half.assemble(images, x)  # (B, 28, 28, 1)
     """
+
+    takes_labels = False  # (what a model on this condition serves: `model.vae.VAE`)
+    completes = True
+    num_classes = None
 
     def __init__(self, image_shape, side: str):
         if side not in HALF_CONDITIONS:

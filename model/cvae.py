@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from model.conditions import make_condition
-from model.evaluation import as_seed
+from model.draws import seed_or_fresh
 from model.layers import PACKAGE
 from model.vae import VAE
 
@@ -38,13 +38,24 @@ class CVAE(VAE):
     def make_condition(self):
         return make_condition(self.model_config)
 
+    # === What the model serves: as its condition declares ===
+    @property
+    def takes_labels(self) -> bool:
+        return self.condition.takes_labels
+
+    @property
+    def completes(self) -> bool:
+        return self.condition.completes
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.condition.num_classes
+
     # === Generation ===
     def _prior_draws(self, count, seed, temperature):
-        """z ~ N(0, temperature^2 I), stateless for a given seed: (count, D)."""
-        shape = tf.stack([count, self.latent_dim])
-        if seed is None:
-            return keras.random.normal(shape) * temperature
-        return tf.random.stateless_normal(shape, as_seed(seed)) * temperature
+        """The prior's draws (N(0, temperature^2 I)), stateless for a given seed (a fresh
+        one when None): (count, D)."""
+        return self.prior_draw(count, seed_or_fresh(seed), temperature)
 
     def generate(self, labels, seed=None, temperature: float = 1.0):
         """Draws z ~ N(0, T^2 I) and decodes it with each class label: (B,) -> (B, H, W, C).
@@ -52,7 +63,7 @@ class CVAE(VAE):
         Raises:
             ValueError: the model is conditioned on a half, not a label.
         """
-        if self.condition.name != "label":
+        if not self.takes_labels:
             raise ValueError(f"generate(labels) needs a label-conditioned model; this one "
                              f"observes the {self.condition.name} (use complete(images))")
         labels = ops.convert_to_tensor(labels, "int64")
@@ -66,7 +77,7 @@ class CVAE(VAE):
         Raises:
             ValueError: the model is conditioned on labels, not a half.
         """
-        if self.condition.name == "label":
+        if not self.completes:
             raise ValueError("complete(images) needs a half-conditioned model; this one is "
                              "conditioned on labels (use generate(labels))")
         images = ops.convert_to_tensor(images, "float32")
@@ -77,7 +88,7 @@ class CVAE(VAE):
         """Samples for a glance (TensorBoard): classes 0, 1, ..., K-1, 0, ... for a label
         model; a half model has no prior over its condition, so it completes an empty
         (all-zero) observed half. -> (num_samples, H, W, C)."""
-        if self.condition.name == "label":
+        if self.takes_labels:
             labels = ops.arange(num_samples) % self.condition.num_classes
             return self.generate(labels, seed, temperature)
         return self.complete(ops.zeros((num_samples, *self.image_shape)), seed, temperature)

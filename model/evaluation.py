@@ -10,65 +10,54 @@ they are q(z|x) and p(x|z), and the IWAE estimates log p(x) (log p(x|y) otherwis
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import tensorflow as tf
-from keras import ops
 
-from model import losses, priors
+from model import losses
+from model.draws import as_seed, posterior_draw, posterior_draws, tile_draws
+from model.priors import Prior
+
+__all__ = ["Evaluated", "as_seed", "elbo_kl", "importance_log_mean_exp", "iwae_chunk_size",
+           "iwae_log_likelihood", "kl_per_unit", "negative_elbo", "posterior_draws", "tile_draws"]
 
 # Decoder outputs held in memory at once by the IWAE loop (float32 values): 2^25 = 128 MiB.
 IWAE_MEMORY_BUDGET = 2**25
-# The fixed draw of a Monte Carlo KL per unit (VampPrior, two layers): reproducible reports.
-KL_UNIT_SEED = (0, 0)
 
 
-def as_seed(seed) -> tf.Tensor:
-    """An int, a pair or an int64[2] tensor -> the int64[2] seed of stateless ops."""
-    if isinstance(seed, int):
-        return tf.constant([seed, 0], tf.int64)
-    return tf.cast(tf.convert_to_tensor(seed), tf.int64)
+class Evaluated(Protocol):
+    """What the evaluation calls on a model (`model.vae.VAE` and its subclasses)."""
+
+    likelihood: Any  # `nll(x, params)` -> (B,) and `mean(params)`
+    prior: Prior
+
+    def posterior(self, x, condition=None):
+        """q(z|x[, c]): (z_mean, z_log_var), (B, D) float32 each."""
+
+    def decode_params(self, z, condition=None):
+        """The likelihood's parameters of x for each z (and condition vector)."""
 
 
-def posterior_draws(z_mean, z_log_var, num, seed):
-    """num draws of z ~ q(z|x) per image: (B, D) -> (num, B, D)."""
-    eps = tf.random.stateless_normal(tf.concat([[num], tf.shape(z_mean)], 0), seed)
-    return z_mean[None] + ops.exp(0.5 * z_log_var)[None] * eps
-
-
-def _latent_kl(model, z, z_mean, z_log_var):
-    """The model's KL term of one draw (`latent_kl`: closed form or Monte Carlo): -> (B,)."""
-    if hasattr(model, "latent_kl"):
-        return model.latent_kl(z, z_mean, z_log_var)
-    return losses.kl_divergence(z_mean, z_log_var)
-
-
-def _log_prior(model):
-    """z (..., D) -> log p(z): the model's prior (`prior_log_density`), N(0, I) by default."""
-    return model.prior_log_density() if hasattr(model, "prior_log_density") else losses.log_standard_normal
-
-
-def negative_elbo(model, images, seed=0, condition=None):
+def negative_elbo(model: Evaluated, images, seed=0, condition=None):
     """The single-sample negative ELBO of each x (given c), with beta = 1: -> (B,).
 
     Args:
-        model: anything with `posterior`, `decode_params` and `likelihood` (and
-            `latent_kl` for a prior other than N(0, I)).
+        model: an `Evaluated` model.
         images: the model's x, (B, H, W, C).
         seed: an int or an int64[2] tensor.
         condition: the condition vectors (B, C), or None.
     """
     images = tf.convert_to_tensor(images, tf.float32)
     z_mean, z_log_var = model.posterior(images, condition)
-    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
+    z = posterior_draw(z_mean, z_log_var, seed)
     reconstruction = model.likelihood.nll(images, model.decode_params(z, condition))
-    return reconstruction + _latent_kl(model, z, z_mean, z_log_var)
+    return reconstruction + model.prior.kl(z, z_mean, z_log_var)
 
 
-def elbo_kl(model, images, seed=0, condition=None):
+def elbo_kl(model: Evaluated, images, seed=0, condition=None):
     """The KL part of `negative_elbo` for the same seed (the same draw z): -> (B,)."""
     z_mean, z_log_var = model.posterior(tf.convert_to_tensor(images, tf.float32), condition)
-    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]
-    return _latent_kl(model, z, z_mean, z_log_var)
+    return model.prior.kl(posterior_draw(z_mean, z_log_var, seed), z_mean, z_log_var)
 
 
 def iwae_chunk_size(batch: int, image_shape, num_samples: int) -> int:
@@ -119,15 +108,7 @@ def importance_log_mean_exp(log_weights, num_samples: int, seed, chunk_size: int
     return total - math.log(num_samples)
 
 
-def tile_draws(values, count: int):
-    """(B, ...) -> (count * B, ...): the batch repeated once per draw (row i * B + b holds
-    example b), matching `tf.reshape` of (count, B, ...) draws."""
-    values = tf.convert_to_tensor(values)
-    return tf.reshape(tf.broadcast_to(values[None], (count, *tf.unstack(tf.shape(values)))),
-                      tf.concat([[-1], tf.shape(values)[1:]], 0))
-
-
-def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None,
+def iwae_log_likelihood(model: Evaluated, images, num_samples: int = 1000, seed=0, chunk_size: int | None = None,
                         condition=None):
     """The k-sample importance-weighted estimate of log p(x) (or log p(x|y)) per image: -> (B,).
 
@@ -136,7 +117,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     one after another (`importance_log_mean_exp`), so that k = 5000 fits in memory.
 
     Args:
-        model: a VAE (anything with `posterior`, `decode_params` and `likelihood`).
+        model: an `Evaluated` model.
         images: the model's x, (B, H, W, C) floats.
         num_samples: k, a Python int.
         seed: an int or an int64[2] tensor.
@@ -145,7 +126,7 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     """
     images = tf.convert_to_tensor(images, tf.float32)
     z_mean, z_log_var = model.posterior(images, condition)  # (B, D)
-    log_prior = _log_prior(model)  # (the VampPrior's components computed once)
+    log_prior = model.prior.log_density()  # (the VampPrior's components computed once)
     if chunk_size is None:
         chunk_size = iwae_chunk_size(images.shape[0] or 256, images.shape[1:], num_samples)
     if condition is not None:
@@ -162,23 +143,10 @@ def iwae_log_likelihood(model, images, num_samples: int = 1000, seed=0, chunk_si
     return importance_log_mean_exp(log_weights, num_samples, seed, chunk_size)
 
 
-def kl_per_unit(model, images, condition=None):
+def kl_per_unit(model: Evaluated, images, condition=None):
     """The KL of each latent unit for each x (given c): -> (B, D).
 
     Closed form to N(0, I). For the VampPrior, whose mixture does not factorise over
-    units, each unit's KL to its own marginal of the mixture,
-    KL(q(z_d|x) || (1/K) sum_k q(z_d|u_k)), by one fixed draw (`KL_UNIT_SEED`): the
-    entropy of q exact, the cross-entropy by Monte Carlo.
+    units, each unit's KL to its own marginal of the mixture (`priors.mixture_kl_per_unit`).
     """
-    z_mean, z_log_var = model.posterior(images, condition)
-    components = model.prior_components() if hasattr(model, "prior_components") else None
-    if components is None:
-        return losses.kl_per_unit(z_mean, z_log_var)
-    return mixture_kl_per_unit(z_mean, z_log_var, components)
-
-
-def mixture_kl_per_unit(z_mean, z_log_var, components, seed=KL_UNIT_SEED):
-    """Each unit's KL of q(z|x) to the marginal of a diagonal Gaussian mixture: -> (B, D)."""
-    z = posterior_draws(z_mean, z_log_var, 1, as_seed(seed))[0]  # (B, D)
-    negative_entropy = -0.5 * (losses.LOG_2PI + 1.0 + z_log_var)  # E_q log q(z_d|x), exact
-    return negative_entropy - priors.log_marginal_mixture_density(z, *components)
+    return model.prior.kl_per_unit(*model.posterior(images, condition))

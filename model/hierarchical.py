@@ -16,8 +16,10 @@ import tensorflow as tf
 from keras import ops
 
 from model import evaluation, losses
+from model.draws import fold, posterior_draw, posterior_draws, reparameterise, tile_draws
 from model.layers import PACKAGE
 from model.networks import MLPEncoder
+from model.priors import KL_UNIT_SEED
 from model.vae import VAE, build_networks, split_batch
 
 
@@ -27,20 +29,16 @@ def gaussian_kl_per_unit(mean, log_var, prior_mean, prior_log_var):
                   + (ops.exp(log_var) + ops.square(mean - prior_mean)) * ops.exp(-prior_log_var) - 1.0)
 
 
-def _fold(seed, salt: int):
-    return tf.random.experimental.stateless_fold_in(evaluation.as_seed(seed), salt)
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class HierarchicalVAE(VAE):
     """A VAE with two stochastic layers, q(z2|x) q(z1|x, z2) and p(z2) p(z1|z2) p(x|z1, z2).
 
-    Built by `VAE(config)` (or this class) for `model_config.stochastic_layers == 2`,
-    kind vae. The objective keeps the VAE's split: `loss` is -log p(x|z1, z2) and the KL
-    term, KL(q(z1|x, z2) || p(z1|z2)) (closed form given the drawn z2) plus the top
-    layer's KL (closed form to N(0, I), Monte Carlo for the VampPrior), goes through
-    `add_loss`. With `train_samples` k > 1 the IWAE bound over both layers is all in
-    `loss` (see `VAE`). The top layer is the served code: `encode` returns q(z2|x),
+    The class of kind vae for `model_config.stochastic_layers == 2` (`model.kinds`). The
+    objective keeps the VAE's split: `loss` is -log p(x|z1, z2) and the KL term,
+    KL(q(z1|x, z2) || p(z1|z2)) (closed form given the drawn z2) plus the top layer's KL
+    (closed form to N(0, I), Monte Carlo for the VampPrior), goes through `add_loss`.
+    With `train_samples` k > 1 the IWAE bound over both layers is all in `loss` (see
+    `VAE`). The top layer is the served code: `encode` returns q(z2|x),
     `decode(z2)` decodes with z1 at the mean of p(z1|z2), and generation draws z2 from
     the prior, then z1 ~ p(z1|z2) (noise scaled by the temperature), then decodes.
 
@@ -49,10 +47,13 @@ class HierarchicalVAE(VAE):
         seed: seed of the sampling noise.
 
     Example:
-        >>> hvae = VAE(ModelConfig(stochastic_layers=2))  # a HierarchicalVAE
+        >>> hvae = build_model(ModelConfig(stochastic_layers=2))  # a HierarchicalVAE
         >>> z2_mean, z2_log_var = hvae.encode(images)  # the top layer, (B, D) each
         >>> images = hvae.sample(16, seed=0)  # top-down
     """
+
+    STOCHASTIC_LAYERS = 2
+    kl_sums_units = False  # the units of z1 are KLs at one draw of z2 (see `kl_per_unit`)
 
     def make_networks(self, condition_dim: int):
         config, dim = self.model_config, self.latent_dim
@@ -89,7 +90,7 @@ class HierarchicalVAE(VAE):
         """Draws z2 ~ q(z2|x), z1 ~ q(z1|x, z2), decodes; adds the weighted KL of both layers."""
         x, _ = self.inputs_of(*split_batch(inputs))
         z2_mean, z2_log_var = self.posterior(x)  # (B, D)
-        seed_z1 = None if seed is None else _fold(seed, 1)
+        seed_z1 = None if seed is None else fold(seed, 1)
         k = int(self.train_samples)
         if k > 1:
             z2 = self.sampling([ops.broadcast_to(z2_mean[None], (k, *ops.shape(z2_mean))),
@@ -112,7 +113,7 @@ class HierarchicalVAE(VAE):
         """KL(q(z1|x, z2) || p(z1|z2)) in closed form plus the top layer's KL term: -> (B,)."""
         prior_mean, prior_log_var = self.prior_z1_params(z2)
         kl_z1 = ops.sum(gaussian_kl_per_unit(z1_mean, z1_log_var, prior_mean, prior_log_var), axis=-1)
-        return kl_z1 + self.latent_kl(z2, z2_mean, z2_log_var)
+        return kl_z1 + self.prior.kl(z2, z2_mean, z2_log_var)
 
     def log_weights(self, x, z2_mean, z2_log_var, z2, draw_z1, log_prior=None):
         """log p(x|z1, z2) and log p(z1, z2) - log q(z1, z2|x) of n draws per example.
@@ -127,9 +128,9 @@ class HierarchicalVAE(VAE):
             (log_px_z, log_ratio), (n, B) each.
         """
         n, dim = z2.shape[0], self.latent_dim
-        log_prior = log_prior or self.prior_log_density()
+        log_prior = log_prior or self.prior.log_density()
         flat_z2 = ops.reshape(z2, (-1, dim))  # (n*B, D)
-        tiled_x = evaluation.tile_draws(x, n)  # (n*B, H, W, C)
+        tiled_x = tile_draws(x, n)  # (n*B, H, W, C)
         z1_mean, z1_log_var = self.posterior_z1(tiled_x, flat_z2)
         z1 = draw_z1(z1_mean, z1_log_var)  # (n*B, D)
         prior_mean, prior_log_var = self.prior_z1_params(flat_z2)
@@ -144,9 +145,9 @@ class HierarchicalVAE(VAE):
         """(-log p(x|z1, z2), the KL term) of one stateless draw per image: (B,) each."""
         x = ops.convert_to_tensor(images, "float32")
         z2_mean, z2_log_var = self.posterior(x)
-        z2 = z2_mean + ops.exp(0.5 * z2_log_var) * tf.random.stateless_normal(tf.shape(z2_mean), _fold(seed, 0))
+        z2 = posterior_draw(z2_mean, z2_log_var, fold(seed, 0))
         z1_mean, z1_log_var = self.posterior_z1(x, z2)
-        z1 = z1_mean + ops.exp(0.5 * z1_log_var) * tf.random.stateless_normal(tf.shape(z1_mean), _fold(seed, 1))
+        z1 = posterior_draw(z1_mean, z1_log_var, fold(seed, 1))
         reconstruction = self.likelihood.nll(x, self.joint_decode_params(z1, z2))
         return reconstruction, self._layer_kls(z2, z2_mean, z2_log_var, z1_mean, z1_log_var)
 
@@ -166,15 +167,15 @@ class HierarchicalVAE(VAE):
         """
         x = ops.convert_to_tensor(images, "float32")
         z2_mean, z2_log_var = self.posterior(x)
-        log_prior = self.prior_log_density()
+        log_prior = self.prior.log_density()
         if chunk_size is None:
             chunk_size = evaluation.iwae_chunk_size(x.shape[0] or 256, x.shape[1:], num_samples)
 
         def log_weights(count, chunk_seed):
-            z2 = evaluation.posterior_draws(z2_mean, z2_log_var, count, _fold(chunk_seed, 0))  # (c, B, D)
+            z2 = posterior_draws(z2_mean, z2_log_var, count, fold(chunk_seed, 0))  # (c, B, D)
 
             def draw_z1(mean, log_var):
-                return evaluation.posterior_draws(mean, log_var, 1, _fold(chunk_seed, 1))[0]
+                return posterior_draw(mean, log_var, fold(chunk_seed, 1))
 
             log_px_z, log_ratio = self.log_weights(x, z2_mean, z2_log_var, z2, draw_z1, log_prior)
             return log_px_z + log_ratio  # (c, B)
@@ -186,8 +187,7 @@ class HierarchicalVAE(VAE):
         p(z1_d|z2)) at one fixed draw of z2; z2: as a one-layer model's (`evaluation.kl_per_unit`)."""
         x = ops.convert_to_tensor(images, "float32")
         z2_mean, z2_log_var = self.posterior(x)
-        eps = tf.random.stateless_normal(tf.shape(z2_mean), evaluation.as_seed(evaluation.KL_UNIT_SEED))
-        z2 = z2_mean + ops.exp(0.5 * z2_log_var) * eps
+        z2 = posterior_draw(z2_mean, z2_log_var, KL_UNIT_SEED)
         z1_mean, z1_log_var = self.posterior_z1(x, z2)
         kl_z1 = gaussian_kl_per_unit(z1_mean, z1_log_var, *self.prior_z1_params(z2))
         return ops.concatenate([kl_z1, evaluation.kl_per_unit(self, x)], axis=-1)
@@ -212,12 +212,12 @@ class HierarchicalVAE(VAE):
     def prior_draw(self, num_samples, seed, temperature=1.0, components=None):
         """[z2 from the prior (as a one-layer model's), temperature * eps for z1]: -> (N, 2D)."""
         z2 = super().prior_draw(num_samples, seed, temperature, components)
-        eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), _fold(seed, 2))
+        eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), fold(seed, 2))
         return ops.concatenate([z2, eps * temperature], axis=-1)
 
     def decode_draw(self, draw):
         """Top-down: z1 = mean + sigma * noise under p(z1|z2), then p(x|z1, z2)'s mean. -> (images, z2)."""
         z2, noise = draw[:, : self.latent_dim], draw[:, self.latent_dim :]
         mean, log_var = self.prior_z1_params(z2)
-        z1 = mean + ops.exp(0.5 * log_var) * noise
+        z1 = reparameterise(mean, log_var, noise)
         return self.likelihood.mean(self.joint_decode_params(z1, z2)), z2

@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from model import losses
+from model.draws import reparameterise
 
 PACKAGE = "vae"
 
@@ -39,7 +40,7 @@ class Sampling(keras.layers.Layer):
             eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         else:
             eps = tf.random.stateless_normal(tf.shape(z_mean), seed, dtype=z_mean.dtype)
-        return z_mean + ops.exp(0.5 * z_log_var) * eps
+        return reparameterise(z_mean, z_log_var, eps)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

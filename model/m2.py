@@ -11,9 +11,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from model import evaluation, losses
+from model import evaluation
 from model.classifiers import build_classifier, build_shift
 from model.config import ConfigError
+from model.draws import tile_draws
 from model.cvae import CVAE
 from model.layers import PACKAGE
 from model.vae import split_batch
@@ -54,6 +55,7 @@ class M2(CVAE):
     """
 
     LOSS_TERMS = ("loss", "reconstruction", "kl", "classification", "entropy", "accuracy", "labelled")
+    classifies = True
 
     def __init__(self, model_config=None, seed: int | None = None, **kwargs):
         super().__init__(model_config, seed=seed, **kwargs)
@@ -63,10 +65,6 @@ class M2(CVAE):
         # === Layers ===
         self.classifier = build_classifier(self.model_config)
         self.classifier_shift = build_shift(self.model_config, seed)
-
-    @property
-    def num_classes(self) -> int:
-        return self.model_config.num_classes
 
     # === The classifier ===
     def classifier_logits(self, images):
@@ -82,7 +80,7 @@ class M2(CVAE):
         """Each image with each class: (K * B, H, W, C) images, (K * B, K) one-hot rows;
         row k * B + b holds image b with class k."""
         count = self.num_classes
-        tiled = tf.tile(images, [count, 1, 1, 1])
+        tiled = tile_draws(images, count)
         classes = tf.repeat(tf.range(count), tf.shape(images)[0])
         return tiled, self.condition.one_hot(classes)
 
@@ -118,7 +116,7 @@ class M2(CVAE):
         z = self.sampling([z_mean, z_log_var], seed=seed)  # (K*B, D)
         params = self.decode_params(z, c)  # (K*B, H, W, C)
         reconstruction = self._per_class(self.likelihood.nll(tiled, params))  # (B, K)
-        kl = self._per_class(losses.kl_divergence(z_mean, z_log_var))  # (B, K)
+        kl = self._per_class(self.prior.kl(z, z_mean, z_log_var))  # (B, K)
         weights = self._weights(labels, ops.softmax(logits, axis=-1))  # (B, K)
         expected_kl = ops.sum(weights * kl, axis=-1)  # (B,)
         self.add_loss(ops.cast(self.kl_weight(training), "float32") * ops.mean(expected_kl))

@@ -19,7 +19,7 @@ from model.layers import PACKAGE
 BLOCKS = ("dense", "gated", "residual")
 
 
-def _stack(x, stack):
+def apply_layers(x, stack):
     """Applies a list of layers in order."""
     for layer in stack:
         x = layer(x)
@@ -138,7 +138,7 @@ def _with_condition(h, condition):
     return ops.concatenate([h, ops.cast(condition, h.dtype)], axis=-1)
 
 
-class _Network(keras.layers.Layer):
+class Network(keras.layers.Layer):
     """A layer made of sublayers: `build` runs `call` once on a symbolic input, so that
     every sublayer is built with its real input shape (needed to reload saved weights).
 
@@ -163,8 +163,42 @@ class _Network(keras.layers.Layer):
         super().build_from_config(config)
 
 
+class ConvTrunk(Network):
+    """A network that opens with the convolutional trunk: stride-2 convolutions, flatten,
+    the condition vector appended (if any), then an optional dense layer. The encoder
+    (`ConvEncoder`) and M2's classifier (`model.classifiers.ConvClassifier`) put their
+    heads on it. Its layers are the attributes `convs`, `flatten` and `hidden`.
+    """
+
+    def make_trunk(self, conv_filters, hidden_units, kernel_size, activation) -> None:
+        """Stores the trunk's arguments (see `ConvEncoder`) and creates its layers."""
+        self.conv_filters = tuple(int(f) for f in conv_filters)
+        self.hidden_units = tuple(int(u) for u in hidden_units)
+        self.kernel_size = int(kernel_size)
+        self.activation = activation
+        # === Layers ===
+        self.convs = strided_convs(self.conv_filters, self.kernel_size, activation)
+        self.flatten = layers.Flatten()
+        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
+
+    def trunk(self, images, condition=None):
+        """(B, H, W, C) images (and (B, condition_dim) conditions) -> (B, features)."""
+        h = apply_layers(images, self.convs)  # (B, H/2^n, W/2^n, F)
+        h = _with_condition(self.flatten(h), condition)  # (B, features [+ condition_dim])
+        return apply_layers(h, self.hidden)  # (B, units)
+
+    def trunk_config(self) -> dict:
+        """The trunk's arguments, for `get_config`."""
+        return {
+            "conv_filters": list(self.conv_filters),
+            "hidden_units": list(self.hidden_units),
+            "kernel_size": self.kernel_size,
+            "activation": self.activation,
+        }
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MLPEncoder(_Network):
+class MLPEncoder(Network):
     """q(z|x): flatten, dense hidden layers, then the two heads `z_mean` and `z_log_var`.
 
     Args:
@@ -195,7 +229,7 @@ class MLPEncoder(_Network):
 
     def call(self, images, condition=None):
         h = _with_condition(self.flatten(images), condition)  # (B, H*W*C [+ condition_dim])
-        h = _stack(h, self.hidden)  # (B, units)
+        h = apply_layers(h, self.hidden)  # (B, units)
         return self.mean_head(h), self.log_var_head(h)
 
     def compute_output_shape(self, input_shape):
@@ -214,7 +248,7 @@ class MLPEncoder(_Network):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MLPDecoder(_Network):
+class MLPDecoder(Network):
     """p(x|z) parameters: dense hidden layers (mirrored), then one value per pixel.
 
     Args:
@@ -239,7 +273,7 @@ class MLPDecoder(_Network):
         self.reshape = layers.Reshape(self.image_shape)
 
     def call(self, z, condition=None):
-        h = _stack(_with_condition(z, condition), self.hidden)  # (B, units)
+        h = apply_layers(_with_condition(z, condition), self.hidden)  # (B, units)
         return self.reshape(self.out(h))  # (B, H, W, C)
 
     def set_output_bias(self, value) -> None:
@@ -262,7 +296,7 @@ class MLPDecoder(_Network):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ConvEncoder(_Network):
+class ConvEncoder(ConvTrunk):
     """q(z|x): stride-2 convolutions, an optional dense layer, then the two heads.
 
     Args:
@@ -289,21 +323,13 @@ class ConvEncoder(_Network):
         super().__init__(**kwargs)
         self.condition_dim = int(condition_dim)
         self.latent_dim = int(latent_dim)
-        self.conv_filters = tuple(int(f) for f in conv_filters)
-        self.hidden_units = tuple(int(u) for u in hidden_units)
-        self.kernel_size = int(kernel_size)
-        self.activation = activation
+        self.make_trunk(conv_filters, hidden_units, kernel_size, activation)
         # === Layers ===
-        self.convs = strided_convs(self.conv_filters, self.kernel_size, activation)
-        self.flatten = layers.Flatten()
-        self.hidden = [layers.Dense(u, activation=activation) for u in self.hidden_units[:1]]
         self.mean_head = layers.Dense(self.latent_dim, name="z_mean")
         self.log_var_head = layers.Dense(self.latent_dim, name="z_log_var")
 
     def call(self, images, condition=None):
-        h = _stack(images, self.convs)  # (B, H/2^n, W/2^n, F)
-        h = _with_condition(self.flatten(h), condition)  # (B, features [+ condition_dim])
-        h = _stack(h, self.hidden)  # (B, units)
+        h = self.trunk(images, condition)  # (B, units)
         return self.mean_head(h), self.log_var_head(h)
 
     def compute_output_shape(self, input_shape):
@@ -314,16 +340,13 @@ class ConvEncoder(_Network):
         return {
             **super().get_config(),
             "latent_dim": self.latent_dim,
-            "conv_filters": list(self.conv_filters),
-            "hidden_units": list(self.hidden_units),
-            "kernel_size": self.kernel_size,
-            "activation": self.activation,
+            **self.trunk_config(),
             "condition_dim": self.condition_dim,
         }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ConvDecoder(_Network):
+class ConvDecoder(Network):
     """p(x|z) parameters: dense to a small feature map, stride-2 transposed convolutions
     (mirrored filters), a crop to H x W, then a convolution to C channels.
 
@@ -374,9 +397,9 @@ class ConvDecoder(_Network):
         self.out = layers.Conv2D(channels, self.kernel_size, padding="same", name="pixels")
 
     def call(self, z, condition=None):
-        h = _stack(_with_condition(z, condition), self.hidden)  # (B, units or D [+ condition_dim])
+        h = apply_layers(_with_condition(z, condition), self.hidden)  # (B, units or D [+ condition_dim])
         h = self.reshape(self.project(h))  # (B, H/2^n, W/2^n, F)
-        h = _stack(h, self.deconvs)  # (B, >=H, >=W, F0)
+        h = apply_layers(h, self.deconvs)  # (B, >=H, >=W, F0)
         return self.out(self.crop(h))  # (B, H, W, C)
 
     def set_output_bias(self, value) -> None:

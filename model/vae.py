@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from model import evaluation, losses, priors
-from model.config import ModelConfig
+from model.config import ConfigError, ModelConfig
+from model.draws import seed_or_fresh, tile_draws
 from model.layers import PACKAGE, BernoulliLikelihood, GaussianLikelihood, Sampling
 from model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
@@ -90,18 +90,24 @@ class VAE(keras.Model):
     (the unweighted KL).
 
     Importance-weighted training (`train_samples` k > 1, read from the plain attribute
-    `self.train_samples` when a step is traced): k draws z_i ~ q(z|x) per example, and
-    the whole bound lives in `loss`, -log (1/k) sum_i exp(log p(x|z_i) + w (log p(z_i)
-    - log q(z_i|x))) with w the KL weight (1 in evaluation: the IWAE bound); `add_loss`
+    `self.train_samples` when a step is traced; a trainer changes it with `set_schedule`):
+    k draws z_i ~ q(z|x) per example, and the whole bound lives in `loss`,
+    -log (1/k) sum_i exp(log p(x|z_i) + w (log p(z_i) - log q(z_i|x))) with w the KL
+    weight (1 in evaluation: the IWAE bound); `add_loss`
     then carries 0, so `mean(loss) + sum(self.losses)` is still the objective. The
     reported `reconstruction` is -log p(x|z_i) averaged over the k draws and `kl` the
     KL as with k = 1 (their sum is the k-draw ELBO, above `loss`). k = 1 is the ELBO
     path unchanged.
 
-    Priors (`model_config.prior_name`): N(0, I) with the KL in closed form, or the VampPrior
-    (`model.priors`), p(z) = (1/K) sum_k q(z|u_k) at K learned pseudo-inputs u_k, with
-    the KL by Monte Carlo, log q(z|x) - log p(z) at the drawn z. A config with
-    `stochastic_layers=2` builds the two-layer `model.hierarchical.HierarchicalVAE`.
+    The prior (`self.prior`, a `model.priors.Prior` built from `model_config.prior_name`):
+    N(0, I) with the KL in closed form, or the VampPrior, p(z) = (1/K) sum_k q(z|u_k) at K
+    learned pseudo-inputs u_k, with the KL by Monte Carlo, log q(z|x) - log p(z) at the
+    drawn z. A config with `stochastic_layers=2` is the two-layer
+    `model.hierarchical.HierarchicalVAE`: build a model from a config with
+    `model.kinds.build_model`, which picks the class.
+
+    What the model serves, beyond encode/decode/reconstruct/log-likelihood, is declared by
+    `takes_labels`, `classifies` and `completes` (the exporter and the pictures read them).
 
     Args:
         model_config: a `ModelConfig` (or its dict).
@@ -116,17 +122,12 @@ class VAE(keras.Model):
 
     # The keys of `loss_terms`, in the order a trainer logs them.
     LOSS_TERMS = ("loss", "reconstruction", "kl")
-
-    def __new__(cls, *args, **kwargs):
-        # VAE(config) with two stochastic layers is the hierarchical model (same kind).
-        config = args[0] if args else kwargs.get("model_config")
-        layers = (config or {}).get("stochastic_layers", 1) if isinstance(config, dict) or config is None \
-            else config.stochastic_layers
-        if cls is VAE and layers == 2:
-            from model.hierarchical import HierarchicalVAE
-
-            cls = HierarchicalVAE
-        return super().__new__(cls, *args, **kwargs)
+    # `model_config.stochastic_layers` of the configs this class builds.
+    STOCHASTIC_LAYERS = 1
+    # === What the model serves (read by the exporter and the pictures) ===
+    takes_labels = False  # generation, encoding, ... take class labels
+    classifies = False  # q(y|x): `classify(images)`
+    completes = False  # `complete(images)`: an observed half kept, the other drawn
 
     def __init__(self, model_config: ModelConfig | dict | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -134,6 +135,10 @@ class VAE(keras.Model):
             model_config = ModelConfig()
         if isinstance(model_config, dict):
             model_config = ModelConfig.from_dict(model_config)
+        if model_config.stochastic_layers != self.STOCHASTIC_LAYERS:
+            raise ConfigError(
+                f"ModelConfig.stochastic_layers={model_config.stochastic_layers} is not built by "
+                f"{type(self).__name__}; build the model with model.kinds.build_model(config)")
         self.model_config = model_config
         self.seed = seed
         self.condition = self.make_condition()
@@ -142,11 +147,15 @@ class VAE(keras.Model):
         self.encoder, self.decoder = self.make_networks(condition_dim)
         self.sampling = Sampling(seed=seed, name="sampling", dtype="float32")
         self.likelihood = build_likelihood(model_config)
-        if model_config.prior_name == "vamp":
-            self.pseudo_inputs = priors.PseudoInputs(
-                model_config.pseudo_inputs, self.x_shape, name="pseudo_inputs", dtype="float32")
-        # k of the training objective, read when a step is traced (a trainer may change it).
+        self.prior = priors.make_prior(model_config, self.x_shape, self.posterior)
+        for name, layer in self.prior.layers.items():  # the prior's weights are the model's
+            setattr(self, name, layer)
+        # === The training schedule (`set_schedule`) ===
+        # k of the training objective, read when a step is traced.
         self.train_samples = int(model_config.train_samples)
+        # The KL warm-up by the run's progress: a callable -> its value in [0, 1], or None
+        # (then the warm-up is by optimizer steps, `model_config.kl_warmup_steps`).
+        self.kl_warmup_ramp = None
         # === Metrics ===
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
@@ -159,6 +168,11 @@ class VAE(keras.Model):
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the images the model takes (whole images, for a half condition too)."""
         return self.model_config.image_shape
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, the classes of a model that takes labels; None otherwise."""
+        return None
 
     @property
     def x_shape(self) -> tuple[int, int, int]:
@@ -185,20 +199,33 @@ class VAE(keras.Model):
         self.call((ops.zeros((1, *self.image_shape)), ops.zeros((1,), "int64")))
         self.built = True
 
+    def set_schedule(self, *, train_samples: int | None = None, kl_warmup_ramp=None) -> None:
+        """What a trainer hands the model as the run progresses (pipelines/train/trainer.py).
+
+        Args:
+            train_samples: k of the training objective from now on (1: the ELBO); read
+                when a step is traced, so the trainer retraces its step after a change.
+                None leaves it.
+            kl_warmup_ramp: a callable returning the KL warm-up's value in [0, 1] (e.g. a
+                variable's `read_value`), read at every step: the KL weight is then beta
+                times it (`train.kl_warmup_fraction`), in place of the warm-up by
+                optimizer steps. None leaves it.
+        """
+        if train_samples is not None:
+            self.train_samples = int(train_samples)
+        if kl_warmup_ramp is not None:
+            self.kl_warmup_ramp = kl_warmup_ramp
+
     def kl_weight(self, training=None):
         """The weight of the KL term: beta with warm-up while training, 1 otherwise."""
         if not training:
             return ops.convert_to_tensor(1.0, "float32")
-        # A trainer's warm-up by the fraction of the run done (pipelines/train/trainer.py,
-        # `train.kl_warmup_fraction`): a callable giving the ramp's value in [0, 1].
-        run_warmup = getattr(self, "kl_warmup_ramp", None)
-        if run_warmup is not None:
-            return ops.cast(run_warmup(), "float32") * self.model_config.beta
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None or self.model_config.kl_warmup_steps == 0:
+        if self.kl_warmup_ramp is not None:  # a trainer's warm-up by the run's progress
+            return ops.cast(self.kl_warmup_ramp(), "float32") * self.model_config.beta
+        if not self.compiled or self.model_config.kl_warmup_steps == 0:  # (no optimizer yet)
             return ops.convert_to_tensor(self.model_config.beta, "float32")
         return losses.kl_weight(
-            optimizer.iterations, self.model_config.beta, self.model_config.kl_warmup_steps
+            self.optimizer.iterations, self.model_config.beta, self.model_config.kl_warmup_steps
         )
 
     def call(self, inputs, training=None, seed=None):
@@ -217,7 +244,7 @@ class VAE(keras.Model):
             return self._importance_call(x, c, z_mean, z_log_var, int(self.train_samples), training, seed)
         z = self.sampling([z_mean, z_log_var], seed=seed)  # (B, D)
         params = self.decode_params(z, c)  # (B, H, W, C) of x
-        kl = self.latent_kl(z, z_mean, z_log_var)  # (B,)
+        kl = self.prior.kl(z, z_mean, z_log_var)  # (B,)
         self.add_loss(ops.cast(self.kl_weight(training), kl.dtype) * ops.mean(kl))
         return {"params": params, "z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl, "x": x}
 
@@ -226,15 +253,11 @@ class VAE(keras.Model):
         batch = ops.shape(z_mean)[0]
         z = self.sampling([ops.broadcast_to(z_mean[None], (k, batch, self.latent_dim)),
                            ops.broadcast_to(z_log_var[None], (k, batch, self.latent_dim))], seed=seed)  # (k, B, D)
-        tiled_x = ops.reshape(ops.broadcast_to(x[None], (k, *ops.shape(x))), (-1, *x.shape[1:]))  # (k*B, ...)
-        tiled_c = None if c is None else ops.tile(c, [k, 1])  # (k*B, C)
+        tiled_c = None if c is None else tile_draws(c, k)  # (k*B, C)
         params = self.decode_params(ops.reshape(z, (-1, self.latent_dim)), tiled_c)  # (k*B, H, W, C)
-        log_px_z = -ops.reshape(self.likelihood.nll(tiled_x, params), (k, -1))  # (k, B)
-        log_ratio = self.prior_log_density()(z) - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
-        if self.model_config.prior_name == "gaussian":
-            kl = losses.kl_divergence(z_mean, z_log_var)  # (B,)
-        else:
-            kl = -ops.mean(log_ratio, axis=0)  # (B,), Monte Carlo over the k draws
+        log_px_z = -ops.reshape(self.likelihood.nll(tile_draws(x, k), params), (k, -1))  # (k, B)
+        log_ratio = self.prior.log_density()(z) - losses.log_diag_normal(z, z_mean[None], z_log_var[None])
+        kl = self.prior.reported_kl(z_mean, z_log_var, log_ratio)  # (B,)
         self.add_loss(ops.zeros((), "float32"))  # the bound is all in `loss`
         weight = ops.cast(self.kl_weight(training), "float32")
         return {"z_mean": z_mean, "z_log_var": z_log_var, "z": z, "kl": kl, "x": x,
@@ -319,7 +342,7 @@ class VAE(keras.Model):
             "iwae_nll": -self.log_likelihood(images, num_samples, seed, chunk_size, labels=labels),
             "kl_per_unit": self.kl_per_unit(images, labels=labels),
         }
-        if self.model_config.prior_name != "gaussian" or self.model_config.stochastic_layers > 1:
+        if not self.kl_sums_units:
             terms["kl"] = self.kl_term(images, seed, labels=labels)
         return terms
 
@@ -329,25 +352,10 @@ class VAE(keras.Model):
         return (("z", self.latent_dim),)
 
     # === The prior ===
-    def prior_components(self):
-        """The VampPrior's components q(z|u_k), (means, log_vars) each (K, D); None for N(0, I)."""
-        if self.model_config.prior_name != "vamp":
-            return None
-        return self.posterior(self.pseudo_inputs())
-
-    def prior_log_density(self):
-        """z (..., D) -> log p(z) (...), a function (the mixture's components computed once)."""
-        components = self.prior_components()
-        if components is None:
-            return losses.log_standard_normal
-        return lambda z: priors.log_mixture_density(z, *components)
-
-    def latent_kl(self, z, z_mean, z_log_var):
-        """The KL term of one draw z ~ q(z|x): closed form to N(0, I), or by Monte Carlo,
-        log q(z|x) - log p(z), for the VampPrior: -> (B,)."""
-        if self.model_config.prior_name == "gaussian":
-            return losses.kl_divergence(z_mean, z_log_var)
-        return losses.log_diag_normal(z, z_mean, z_log_var) - self.prior_log_density()(z)
+    @property
+    def kl_sums_units(self) -> bool:
+        """Whether the ELBO's KL term is the sum of `kl_per_unit`'s units (the prior's say)."""
+        return self.prior.kl_sums_units
 
     @property
     def draw_dim(self) -> int:
@@ -357,22 +365,12 @@ class VAE(keras.Model):
     def prior_draw(self, num_samples, seed, temperature=1.0, components=None):
         """The draws behind `generate`, stateless from an int64[2] seed: -> (N, draw_dim).
 
-        N(0, I): z = temperature * eps. VampPrior: a pseudo-input u_k picked uniformly
-        (from the seed folded with 1), then z = mu(u_k) + temperature * sigma(u_k) * eps.
-        `components`: the VampPrior's (means, log_vars) computed once (`prior_components`,
-        e.g. frozen into an export), instead of encoding the picked pseudo-inputs per call.
+        The prior's draw (`Prior.draw`): N(0, I): z = temperature * eps; VampPrior: a
+        pseudo-input u_k picked uniformly, then z = mu(u_k) + temperature * sigma(u_k) * eps.
+        `components`: what `prior.components()` returned, computed once (e.g. frozen into
+        an export), instead of encoding the picked pseudo-inputs per call.
         """
-        seed = evaluation.as_seed(seed)
-        eps = tf.random.stateless_normal(tf.stack([num_samples, self.latent_dim]), seed) * temperature
-        if self.model_config.prior_name == "gaussian":
-            return eps
-        index = priors.draw_components(num_samples, self.model_config.pseudo_inputs,
-                                       tf.random.experimental.stateless_fold_in(seed, 1))
-        if components is None:
-            mean, log_var = self.posterior(self.pseudo_inputs(index))  # (N, D)
-        else:
-            mean, log_var = (ops.take(c, index, axis=0) for c in components)
-        return mean + ops.exp(0.5 * log_var) * eps
+        return self.prior.draw(num_samples, seed, temperature, components)
 
     def decode_draw(self, draw):
         """`prior_draw` rows -> (decoder mean images (N, H, W, C), the codes z (N, D))."""
@@ -410,14 +408,9 @@ class VAE(keras.Model):
         return x_mean if self.condition is None else self.condition.assemble(images, x_mean)
 
     def sample(self, num_samples: int, seed=None, temperature: float = 1.0):
-        """Draws z from the prior (N(0, temperature^2 I), or the VampPrior's mixture) and
-        decodes it: -> (num_samples, H, W, C)."""
-        if self.model_config.prior_name == "gaussian" and self.model_config.stochastic_layers == 1:
-            z = keras.random.normal((num_samples, self.latent_dim), seed=seed) * temperature
-            return self.decode(z)
-        if seed is None:
-            seed = tf.random.uniform((2,), maxval=2**31 - 1, dtype=tf.int64)
-        return self.decode_draw(self.prior_draw(num_samples, seed, temperature))[0]
+        """Draws from the prior (`prior_draw`, temperature T; a fresh seed when `seed` is
+        None) and decodes: -> (num_samples, H, W, C)."""
+        return self.decode_draw(self.prior_draw(num_samples, seed_or_fresh(seed), temperature))[0]
 
     # === Config ===
     def get_config(self):
@@ -426,8 +419,3 @@ class VAE(keras.Model):
             "model_config": self.model_config.to_dict(),
             "seed": self.seed,
         }
-
-
-# VAE(config) builds the two-layer model for `stochastic_layers=2`: register it wherever
-# the VAE is (a `.keras` file of one reloads after `from model import VAE`).
-from model import hierarchical  # noqa: E402,F401

@@ -61,7 +61,7 @@ def manifold_grid(vae, path: Path, n: int = 20) -> Path:
 
 def class_grid(vae, path: Path, per_class: int = 10, seed: int = 0) -> Path:
     """One row per class: `per_class` images generated with each label (K rows)."""
-    classes = vae.condition.num_classes
+    classes = vae.num_classes
     labels = np.repeat(np.arange(classes), per_class)
     return save_grid(vae.generate(labels, seed=seed), path, cols=per_class)
 

@@ -253,14 +253,35 @@ _KIND_SIGNATURES: Final = {PLAIN_KIND: SIGNATURES, LABEL_KIND: LABEL_SIGNATURES,
 ANY_ROW_SIGNATURES: Final = (*ROW_SIGNATURES, CLASSIFY)
 
 
+# The served kind of a model by what it declares it serves: (takes_labels, classifies, completes).
+_KIND_OF_FEATURES: Final = {
+    (False, False, False): PLAIN_KIND,
+    (True, False, False): LABEL_KIND,
+    (True, True, False): M2_KIND,
+    (False, False, True): HALF_KIND,
+}
+_DEFAULT_SIGNATURE: Final = {HALF_KIND: COMPLETE}  # the others: DEFAULT_SIGNATURE_TARGET
+
+
+def kind_of_features(takes_labels: bool, classifies: bool, completes: bool) -> str:
+    """The served kind of a model that declares these features (the exporter reads them
+    from the model object: its `takes_labels`, `classifies` and `completes`).
+
+    Raises:
+        ValueError: no served kind has these features.
+    """
+    features = (bool(takes_labels), bool(classifies), bool(completes))
+    if features not in _KIND_OF_FEATURES:
+        raise ValueError(f"no served kind takes_labels={features[0]}, classifies={features[1]}, "
+                         f"completes={features[2]}")
+    return _KIND_OF_FEATURES[features]
+
+
 def serving_kind(kind: str, condition: str | None) -> str:
     """The served kind of a model of `model.kind` `kind` conditioned on `condition`
-    (None, "label" or a half)."""
-    if kind == "m2":
-        return M2_KIND
-    if condition is None:
-        return PLAIN_KIND
-    return LABEL_KIND if condition == "label" else HALF_KIND
+    (None, "label" or a half), for the command line's listing of the signatures; an
+    export reads its kind from the model object (`kind_of_features`)."""
+    return kind_of_features(condition == "label", kind == "m2", condition not in (None, "label"))
 
 
 def signatures_for(kind: str) -> dict[str, SignatureSpec]:
@@ -276,7 +297,7 @@ def signatures_for(kind: str) -> dict[str, SignatureSpec]:
 
 def default_signature_for(kind: str) -> str:
     """The signature `serving_default` stands for: `generate`, or `complete` for a half CVAE."""
-    return COMPLETE if kind == HALF_KIND else DEFAULT_SIGNATURE_TARGET
+    return _DEFAULT_SIGNATURE.get(kind, DEFAULT_SIGNATURE_TARGET)
 
 
 def all_signatures() -> dict[str, list[SignatureSpec]]:

@@ -50,54 +50,40 @@ def _check_rows(tensor) -> None:
 
 
 def served_kind(vae) -> str:
-    """The served kind (`contract.PLAIN_KIND`, ...) of a model object, read from its
-    `model_config.kind` and `condition` (None for an unconditional model)."""
-    condition = getattr(vae, "condition", None)
-    kind = getattr(getattr(vae, "model_config", None), "kind", C.PLAIN_KIND)
-    return C.serving_kind(kind, condition.name if condition is not None else None)
-
-
-def _num_classes(vae) -> int | None:
-    condition = getattr(vae, "condition", None)
-    return int(condition.num_classes) if getattr(condition, "name", None) == "label" else None
+    """The served kind (`contract.PLAIN_KIND`, ...) of a model object, from what it declares
+    it serves: its `takes_labels`, `classifies` and `completes`."""
+    return C.kind_of_features(vae.takes_labels, vae.classifies, vae.completes)
 
 
 def _endpoints(vae) -> dict[str, Any]:
     """The signature functions by name; each takes and returns a dict keyed by the contract."""
-    kind = served_kind(vae)
-    if kind == C.PLAIN_KIND:
+    if vae.condition is None:
         return _plain_endpoints(vae)
-    return _conditional_endpoints(vae, kind)
+    return _conditional_endpoints(vae, served_kind(vae))
 
 
 def _plain_endpoints(vae) -> dict[str, Any]:
     """The unconditional VAE's signatures (`contract.SIGNATURES`).
 
-    Generation goes through the model's `prior_draw(num_samples, seed, temperature)`
-    (rows of `draw_dim` values: N(0, T^2 I) codes, the VampPrior's mixture, or a two-layer
-    model's top code and noise) and `decode_draw(draws)` -> (images, z); a model without
-    them draws z ~ N(0, T^2 I) and decodes it.
+    Generation goes through the model's `prior_draw(num_samples, seed, temperature,
+    components)` (rows of `draw_dim` values: N(0, T^2 I) codes, the VampPrior's mixture,
+    or a two-layer model's top code and noise) and `decode_draw(draws)` -> (images, z).
     """
-    latent_dim = int(vae.latent_dim)
-    draw_dim = int(getattr(vae, "draw_dim", latent_dim))
+    draw_dim = int(vae.draw_dim)
     iwae_seed = tf.constant(C.IWAE_SEED, tf.int64)
-    # A mixture prior's components (the VampPrior's posteriors at its pseudo-inputs) are
-    # fixed once trained: frozen into the export, so `generate` does not re-encode them.
-    components = vae.prior_components() if hasattr(vae, "prior_components") else None
+    # What the prior computes from trained weights (the VampPrior's posteriors at its
+    # pseudo-inputs; None for N(0, I)) is frozen into the export: `generate` does not
+    # re-encode it.
+    components = vae.prior.components()
     if components is not None:
         components = tuple(tf.constant(np.asarray(c, np.float32)) for c in components)
 
     def sample(num_samples, seed, temperature):  # -> (num_samples, draw_dim)
-        if hasattr(vae, "prior_draw"):
-            return vae.prior_draw(num_samples, seed, temperature, components)
-        shape = tf.stack([num_samples, latent_dim])
-        return tf.random.stateless_normal(shape, seed) * temperature
+        return vae.prior_draw(num_samples, seed, temperature, components)
 
     def images_and_z(draws):  # -> (images, z (N, D))
-        if hasattr(vae, "decode_draw"):
-            images, z = vae.decode_draw(draws)
-            return _f32(images), _f32(z)
-        return _f32(vae.decode(draws)), draws
+        images, z = vae.decode_draw(draws)
+        return _f32(images), _f32(z)
 
     def check_generate(num_samples, temperature):
         """(num_samples, temperature) behind the checks: the draw runs after them, so a bad
@@ -173,13 +159,12 @@ def _conditional_endpoints(vae, kind: str) -> dict[str, Any]:
     `reconstruct`, `log_likelihood`, its `condition` (`one_hot`, `vector`, `assemble`) and,
     for M2, `classify`.
     """
-    latent_dim = int(vae.latent_dim)
     condition = vae.condition
-    num_classes = _num_classes(vae)
+    num_classes = vae.num_classes
     iwae_seed = tf.constant(C.IWAE_SEED, tf.int64)
 
     def sample(count, seed, temperature):  # -> (count, D), the draws of `generate`
-        return tf.random.stateless_normal(tf.stack([count, latent_dim]), seed) * temperature
+        return vae.prior_draw(count, seed, temperature)
 
     def check_temperature(temperature) -> None:
         _assert(tf.reduce_all(tf.math.is_finite(temperature)), f"{C.TEMPERATURE} must be finite")
@@ -266,15 +251,15 @@ def _conditional_endpoints(vae, kind: str) -> dict[str, Any]:
         generated = vae.decode(z, condition.vector(images))
         return {C.IMAGES: _f32(condition.assemble(images, _f32(generated)))}
 
-    if kind == C.LABEL_KIND:
-        functions = {C.GENERATE: generate, C.ENCODE: encode_labels, C.DECODE: decode,
-                     C.RECONSTRUCT: reconstruct_labels, C.LOG_LIKELIHOOD: log_likelihood_labels}
-    elif kind == C.M2_KIND:
-        functions = {C.GENERATE: generate, C.ENCODE: encode, C.DECODE: decode, C.RECONSTRUCT: reconstruct,
-                     C.LOG_LIKELIHOOD: log_likelihood, C.CLASSIFY: classify}
-    else:
-        functions = {C.COMPLETE: complete, C.ENCODE: encode, C.RECONSTRUCT: reconstruct,
-                     C.LOG_LIKELIHOOD: log_likelihood}
+    # Each signature of the kind, by its name and whether the contract has it take labels.
+    implementations = {
+        (C.GENERATE, True): generate, (C.DECODE, True): decode, (C.CLASSIFY, False): classify,
+        (C.COMPLETE, False): complete, (C.ENCODE, True): encode_labels, (C.ENCODE, False): encode,
+        (C.RECONSTRUCT, True): reconstruct_labels, (C.RECONSTRUCT, False): reconstruct,
+        (C.LOG_LIKELIHOOD, True): log_likelihood_labels, (C.LOG_LIKELIHOOD, False): log_likelihood,
+    }
+    functions = {name: implementations[name, any(t.key == C.LABELS for t in spec.inputs)]
+                 for name, spec in C.signatures_for(kind).items()}
     assert set(functions) == set(C.signatures_for(kind)), (kind, sorted(functions))
     return functions
 
@@ -298,7 +283,7 @@ def _write_saved_model(vae, path: Path) -> None:
     # The first endpoint is also registered as `serving_default` (TF Serving's default).
     order = [default] + [n for n in functions if n != default]
     for name in order:
-        signature = _input_signature(specs[name], image_shape, latent_dim, _num_classes(vae))
+        signature = _input_signature(specs[name], image_shape, latent_dim, vae.num_classes)
         archive.add_endpoint(name, functions[name], input_signature=signature)
     archive.write_out(str(path), verbose=False)
 
@@ -361,11 +346,11 @@ def _write_assets(path: Path, vae, model_name: str, run_config: dict | None, met
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
     }
-    if kind != C.PLAIN_KIND:  # (the plain VAE's description stays as it always was)
+    if vae.condition is not None:  # (the plain VAE's description stays as it always was)
         description[C.CONTRACT_KIND_FIELD] = kind
         description[C.CONTRACT_CONDITION_FIELD] = vae.condition.name
-    if kind in C.LABEL_KINDS:
-        description[C.NUM_CLASSES_FIELD] = _num_classes(vae)
+    if vae.takes_labels:
+        description[C.NUM_CLASSES_FIELD] = vae.num_classes
         description[C.CLASS_NAMES_FIELD] = class_names
     (extra / C.CONTRACT_FILE).write_text(json.dumps(description, indent=2, sort_keys=True))
     _write_warmup(extra / C.WARMUP_FILE, model_name, image_shape, latent_dim, specs)
@@ -404,9 +389,11 @@ def export_model(
     plain VAE's, a label CVAE's, M2's or a half CVAE's.
 
     Args:
-        vae: a built `model.VAE`, `model.CVAE` or `model.M2` (anything with `encode`,
-            `decode`, `reconstruct`, `log_likelihood`, `latent_dim`, `image_shape`,
-            `model_config`, `condition`; `classify` for M2).
+        vae: a built model of any kind (`model.kinds`): `encode`, `decode`, `reconstruct`,
+            `log_likelihood`, `latent_dim`, `image_shape`, `model_config`, `condition`,
+            `prior`, `prior_draw`, `decode_draw`, `draw_dim`, and what it serves,
+            `takes_labels`, `classifies` (then `classify`), `completes` (then `complete`'s
+            parts: `condition.vector`, `condition.assemble`), `num_classes`.
         base_dir: the folder holding one sub-folder per model name.
         model_name: the served model's name.
         version: the version number; None takes the next integer after the existing ones.
@@ -429,8 +416,8 @@ def export_model(
         raise ExportError(f"version must be a positive integer, got {version!r}")
     kind = served_kind(vae)
     names = None
-    if kind in C.LABEL_KINDS:
-        count = _num_classes(vae)
+    if vae.takes_labels:
+        count = vae.num_classes
         names = [str(k) for k in range(count)] if class_names is None else [str(n) for n in class_names]
         if len(names) != count:
             raise ExportError(f"class_names must name the model's {count} classes, got {len(names)}: {names}")

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.kinds import model_class
+from model import kinds
 from model.vae import VAE
 from pipelines import data, plots, workdir as W
 from pipelines.config import RunConfig
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 
 def build_model(config: RunConfig) -> VAE:
-    """The model of a run (the class of `model.kind`), built (all weights created) and
-    compiled with its optimizer."""
-    vae = model_class(config.model.kind)(config.model, seed=config.train.seed)
+    """The model of a run (the class `model.kinds` declares for its config), built (all
+    weights created) and compiled with its optimizer."""
+    vae = kinds.build_model(config.model, seed=config.train.seed)
     vae.build()
     vae.compile(optimizer=FusedAdam(config.train.learning_rate))
     return vae
@@ -243,21 +243,20 @@ def evaluate_run(config: RunConfig, vae: VAE, history: History, datasets: Datase
 
 
 def draw_pictures(vae, test_ds, workdir: Path, seed: int = 0) -> list[Path]:
-    """Writes samples.png and reconstructions.png; for a label-conditioned model
-    classes.png (one row per class), for a half-conditioned one completions.png
-    (observed half | completion | truth); for an unconditional 2-D latent space
-    latent_scatter.png and manifold.png."""
+    """Writes samples.png and reconstructions.png, then the pictures of what the model
+    declares it serves: classes.png (one row per class) for a model that takes labels,
+    completions.png (observed half | completion | truth) for one that completes; for an
+    unconditional model with a 2-D latent space latent_scatter.png and manifold.png."""
     first_images, first_labels = (t.numpy() for t in next(iter(test_ds)))
     paths = [
         plots.sample_grid(vae, workdir / "samples.png", seed=seed),
         plots.reconstruction_grid(vae, first_images, workdir / "reconstructions.png", labels=first_labels),
     ]
-    condition = vae.condition.name if vae.condition is not None else None
-    if condition == "label":
+    if vae.takes_labels:
         paths.append(plots.class_grid(vae, workdir / "classes.png", seed=seed))
-    elif condition is not None:
+    if vae.completes:
         paths.append(plots.completion_grid(vae, first_images, workdir / "completions.png", seed=seed))
-    if vae.latent_dim == 2 and condition is None:
+    if vae.latent_dim == 2 and vae.condition is None:
         codes, labels = [], []
         for images, batch_labels in test_ds:
             codes.append(np.asarray(vae.encode(images)[0]))
@@ -293,5 +292,5 @@ def export_run(workdir: str | Path, base_dir: str | Path, model_name: str | None
     if model_name is None:
         model_name = config.train.model_name
     metrics = W.read_json(workdir / W.METRICS_FILE, default=None)
-    names = data.dataset_class_names(config.data) if vae.condition is not None else None
+    names = data.dataset_class_names(config.data) if vae.takes_labels else None
     return export_model(vae, base_dir, model_name, version, run_config, metrics, class_names=names)

@@ -19,7 +19,7 @@ ones use it up).
 Three things follow the run's progress (the fraction of the time budget used, or of the
 steps without one), set between `tf.function` calls: the learning rate of a decaying
 `lr_schedule` (`lr_factor`), the KL weight's warm-up over `kl_warmup_fraction` of the
-run (handed to the model as `model.kl_warmup_ramp`), and the number of importance
+run (handed to the model with `model.set_schedule`), and the number of importance
 samples of a model with `train_samples` (one sample before `iwae_start_fraction`, the
 model's k after; the step is retraced when it changes). Both are computed from checkpointed state, so a resumed
 run continues where the killed one was.
@@ -104,15 +104,14 @@ class Trainer:
         self.lr_schedule = lr_schedule
         self.base_learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         self.iwae_start_fraction = float(iwae_start_fraction)
-        # The model's configured importance samples (None: a model without the attribute).
-        self.train_samples = getattr(model, "train_samples", None)
+        # The model's configured importance samples.
+        self.train_samples = int(model.model_config.train_samples)
         self.kl_warmup_fraction = float(kl_warmup_fraction)
         if self.kl_warmup_fraction:
             # Not checkpointed: recomputed from the run's fraction before every call.
             with self.strategy.scope():
                 self.kl_ramp = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="kl_ramp")
-            ramp = self.kl_ramp
-            model.kl_warmup_ramp = lambda: ramp.read_value()
+            model.set_schedule(kl_warmup_ramp=self.kl_ramp.read_value)
         self._checkpoint_dir = workdir / CHECKPOINT_DIR
         self._write_dir = self._checkpoint_dir if cluster.is_chief else Path(
             tempfile.mkdtemp(prefix=f"vae-worker{cluster.task_id}-"))
@@ -147,11 +146,11 @@ class Trainer:
             self.optimizer.learning_rate.assign(self.base_learning_rate * lr_factor(self.lr_schedule, fraction))
         if self.kl_warmup_fraction:
             self.kl_ramp.assign(min(1.0, fraction / self.kl_warmup_fraction))
-        if self.train_samples is not None and self.train_samples > 1:
+        if self.train_samples > 1:
             wanted = self.train_samples if fraction >= self.iwae_start_fraction else 1
             if self.model.train_samples != wanted:
                 log.info("training with %d importance sample(s) from %.0f%% of the run", wanted, 100 * fraction)
-                self.model.train_samples = wanted
+                self.model.set_schedule(train_samples=wanted)
                 self._trace_train_step()
 
     # === Steps ===

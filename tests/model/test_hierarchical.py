@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from scipy.special import logsumexp
 
-from model import VAE, ConfigError, ModelConfig
+from model import ConfigError, ModelConfig, build_model
 from model.evaluation import as_seed
 from model.hierarchical import HierarchicalVAE
 from pipelines.evaluate import evaluate
@@ -52,7 +52,7 @@ def numpy_log_joint_ratio(model, x, z2, z1):
 @pytest.fixture(scope="module", params=["gaussian", "vamp"])
 def hvae(request):
     keras.utils.set_random_seed(0)
-    model = VAE(ModelConfig(**dict(TWO, prior=request.param)), seed=0)
+    model = build_model(ModelConfig(**dict(TWO, prior=request.param)), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     x = patterns(512)
     history = model.fit(x, epochs=3, batch_size=64, verbose=0).history
@@ -186,7 +186,7 @@ def test_save_load_and_export_round_trip(hvae, tmp_path):
 
 @pytest.mark.slow
 def test_reload_in_a_fresh_process_after_importing_only_the_vae(tmp_path):
-    model = VAE(ModelConfig(**TWO), seed=0)
+    model = build_model(ModelConfig(**TWO), seed=0)
     model.build()
     model.save(tmp_path / "model.keras")
     script = ("import sys, keras\nfrom model import VAE  # registers the custom Keras objects\n"

@@ -65,6 +65,22 @@ def test_kl_warmup_and_beta_weight_the_training_loss_only():
     assert float(vae.kl_weight(training=False)) == 1.0
 
 
+def test_a_trainer_hands_the_warmup_ramp_and_the_samples_through_set_schedule():
+    vae = VAE(ModelConfig(**SMALL, beta=0.5, kl_warmup_steps=100, train_samples=4), seed=0)
+    vae.compile(optimizer="adam")
+    vae.build()
+    ramp = tf.Variable(0.5)
+    vae.set_schedule(kl_warmup_ramp=ramp.read_value, train_samples=1)
+    assert float(vae.kl_weight(training=True)) == pytest.approx(0.25)  # the ramp, not the steps
+    ramp.assign(1.0)
+    assert float(vae.kl_weight(training=True)) == pytest.approx(0.5)
+    assert "log_px_z" not in vae(patterns(4))  # one sample: the ELBO path
+    vae.set_schedule(train_samples=4)
+    assert vae(patterns(4))["log_px_z"].shape == (4, 4)  # (k, B): the k-sample objective
+    vae.set_schedule()  # None leaves both
+    assert vae.train_samples == 4 and float(vae.kl_weight(training=True)) == pytest.approx(0.5)
+
+
 def test_public_methods_shapes_and_ranges(trained):
     vae, x, _ = trained
     z_mean, z_log_var = vae.encode(x[:5])

@@ -56,7 +56,7 @@ def test_fit_trains_the_networks_and_the_pseudo_inputs(vamp):
 def test_log_prior_is_an_explicit_numpy_log_sum_exp_over_the_pseudo_inputs(vamp):
     vae, _, _ = vamp
     z = np.random.default_rng(0).normal(size=(4, 5, 3)) * 1.5  # any leading shape
-    got = np.asarray(vae.prior_log_density()(z.astype(np.float32)))
+    got = np.asarray(vae.prior.log_density()(z.astype(np.float32)))
     assert got.shape == (4, 5)
     np.testing.assert_allclose(got, numpy_log_vamp(vae, z.reshape(-1, 3)).reshape(4, 5), rtol=1e-4, atol=1e-4)
 
@@ -161,7 +161,7 @@ def test_the_default_prior_is_the_vampprior_for_kind_vae_and_normal_for_the_cond
     # a config saved before the default changed keeps its explicit prior
     assert ModelConfig.from_dict({"prior": "gaussian", "pseudo_inputs": 500}).prior_name == "gaussian"
     default = VAE(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,)), seed=0)
-    assert hasattr(default, "pseudo_inputs") and default.prior_components()[0].shape == (100, 3)
+    assert hasattr(default, "pseudo_inputs") and default.prior.components()[0].shape == (100, 3)
 
 
 def test_vampprior_trains_with_importance_samples():

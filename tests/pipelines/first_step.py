@@ -20,7 +20,7 @@ def main(replicas: int, kind: str = "vae") -> None:
     import keras
     import tensorflow as tf
 
-    from model import ModelConfig, model_class
+    from model import ModelConfig, build_model
     from pipelines.train.trainer import Trainer
 
     keras.utils.set_random_seed(0)
@@ -29,7 +29,7 @@ def main(replicas: int, kind: str = "vae") -> None:
     extra = dict(kind="m2", alpha=2.0, num_classes=4) if kind == "m2" else dict(prior="gaussian")
     with cluster.strategy.scope():
         config = ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,), **extra)
-        vae = model_class(kind)(config, seed=0)
+        vae = build_model(config, seed=0)
         vae.build()
         head = vae.encoder.log_var_head
         head.kernel.assign(np.zeros(head.kernel.shape, "float32"))

@@ -19,12 +19,12 @@ def export_small(base_dir, kind: str):
     """A small real M2 (kind "m2") or label CVAE (kind "cvae") exported with the project's exporter."""
     import keras
 
-    from model import ModelConfig, model_class
+    from model import ModelConfig, build_model
     from serving.export import export_model
 
     keras.utils.set_random_seed(0)
     extra = {"alpha": 1.0} if kind == "m2" else {}
-    model = model_class(kind)(ModelConfig(kind=kind, **SMALL, **extra), seed=0)
+    model = build_model(ModelConfig(kind=kind, **SMALL, **extra), seed=0)
     model.build()
     return export_model(model, base_dir, kind)
 

@@ -165,14 +165,14 @@ def test_an_m2_checkpoint_restores_the_classifier_too(shift, tmp_path):
     or without the classifier's training-time shift."""
     import tensorflow as tf
 
-    from model import ModelConfig, model_class
+    from model import ModelConfig, build_model
     from pipelines.distribute import make_cluster
     from pipelines.train.trainer import Trainer
 
     def trainer_of():
-        model = model_class("m2")(ModelConfig(kind="m2", image_shape=(8, 8, 1), latent_dim=3,
-                                              hidden_units=(16,), num_classes=4, alpha=1.0,
-                                              classifier_shift=shift), seed=0)
+        model = build_model(ModelConfig(kind="m2", image_shape=(8, 8, 1), latent_dim=3,
+                                        hidden_units=(16,), num_classes=4, alpha=1.0,
+                                        classifier_shift=shift), seed=0)
         model.build()
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
         return model, Trainer(model, make_cluster("default", 0), global_batch=8, workdir=tmp_path,

@@ -86,12 +86,12 @@ def build_conditional(kind: str = "cvae", condition: str = "label", seed: int = 
     """A tiny, built CVAE (on labels or a half) or M2 (random weights; `seed` changes them)."""
     import keras
 
-    from model import ModelConfig, model_class
+    from model import ModelConfig, build_model
 
     keras.utils.set_random_seed(seed)
     extra = {"alpha": 1.0} if kind == "m2" else {"condition": condition}
     config = ModelConfig(kind=kind, image_shape=SMALL_IMAGE_SHAPE, latent_dim=3, hidden_units=(16,),
                          num_classes=NUM_CLASSES, **extra)
-    model = model_class(kind)(config, seed=seed)
+    model = build_model(config, seed=seed)
     model.build()
     return model
