@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -55,8 +56,14 @@ def _graph_floats(vae, batch: int) -> int:
 def floats_per_image_sample(vae) -> int:
     """The float values the evaluation holds per (image, importance sample): the growth of
     the traced graph's tensors from one image to two (weights and other per-batch
-    constants cancel out)."""
-    return max(1, _graph_floats(vae, 2) - _graph_floats(vae, 1))
+    constants cancel out). Traced once per model: the default k and the plan both ask."""
+    if vae not in _FLOATS:
+        _FLOATS[vae] = max(1, _graph_floats(vae, 2) - _graph_floats(vae, 1))
+    return _FLOATS[vae]
+
+
+# `floats_per_image_sample` of each model alive (its evaluation graph does not change).
+_FLOATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def resolve_iwae_k(vae, iwae_k: int | None) -> tuple[int, str]:
