@@ -33,8 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidate", nargs="*", default=[],
                         help="ModelConfig overrides of the default (a candidate default; none: the default)")
-    parser.add_argument("--reference", nargs="*", default=["prior=gaussian"],
-                        help="ModelConfig overrides of the reference (default: prior=gaussian)")
+    parser.add_argument("--reference", nargs="*", default=["density.prior=gaussian"],
+                        help="ModelConfig overrides of the reference (default: density.prior=gaussian)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--generate-calls", type=int, default=300, help="generate(16) calls per round")
     parser.add_argument("--encode-calls", type=int, default=20, help="encode calls of 1,024 rows per round")

@@ -70,7 +70,7 @@ def fashion_mnist(data_dir: str | None) -> np.ndarray:
     from pipelines.config import DataConfig
     from pipelines.data import get_builder
 
-    builder = get_builder(DataConfig(dataset="fashion_mnist", data_dir=data_dir))
+    builder = get_builder(DataConfig.from_dict({"dataset": "fashion_mnist", "data_dir": data_dir}))
     ds = builder.as_dataset(split="train+test", shuffle_files=False, batch_size=-1)
     return tfds.as_numpy(ds)["image"]
 
@@ -127,6 +127,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from pipelines.encode import EncodeConfig
+    from pipelines.sources import SourceSpec
 
     work = Path(tempfile.mkdtemp(prefix="encode_bench_"))
     try:
@@ -138,13 +139,13 @@ def main() -> int:
         np.save(work / "fmnist.npy", images)
         pixels = images.astype(np.float32) / 255.0
         common = dict(model=str(export), out=str(work / "out"), progress=False)
-        jobs = {"local npy": EncodeConfig(input_kind="npy", paths=(str(work / "fmnist.npy"),), **common)}
+        npy = SourceSpec(kind="npy", paths=(str(work / "fmnist.npy"),))
+        jobs = {"local npy": EncodeConfig(source=npy, **common)}
         if not args.no_tfds:
-            jobs["local tfds"] = EncodeConfig(input_kind="tfds", dataset="fashion_mnist", split="train+test",
-                                              data_dir=args.data_dir, **common)
+            jobs["local tfds"] = EncodeConfig(source=SourceSpec(kind="tfds", dataset="fashion_mnist", split="train+test",
+                                                                data_dir=args.data_dir), **common)
         if args.beam:
-            jobs["beam npy"] = EncodeConfig(input_kind="npy", paths=(str(work / "fmnist.npy"),),
-                                            runner="beam", **common)
+            jobs["beam npy"] = EncodeConfig(source=npy, runner="beam", **common)
         times: dict[str, list[float]] = {CALLS: [], LOADED: [], "in-process calls, 2 threads": []}
         times |= {name: [] for name in jobs}
         for _ in range(args.repeats):  # rounds: each mode once per round

@@ -24,7 +24,7 @@ from pathlib import Path
 
 CASES = {
     "vae-mlp": [],
-    "vae-mlp-two-layers": ["model.stochastic_layers=2"],
+    "vae-mlp-two-layers": ["model.density.stochastic_layers=2"],
     "vae-conv": ["--architecture", "conv"],
     "cvae-label-mlp": ["--kind", "cvae"],
     "cvae-label-conv": ["--kind", "cvae", "--architecture", "conv"],

@@ -34,13 +34,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BASELINE = ["model.architecture=\"mlp\"", "model.hidden_units=[400]", "model.latent_dim=20",
             "model.block=\"dense\"", "train.batch_size=128", "train.learning_rate=1e-3",
             "model.kl_warmup_steps=0", "train.lr_schedule=\"constant\"",
-            "train.init_output_bias=false", "train.mixed_precision=false", "model.train_samples=1",
-            "train.iwae_start_fraction=0", "model.prior=\"gaussian\"", "model.stochastic_layers=1"]
+            "train.init_output_bias=false", "train.mixed_precision=false", "model.density.train_samples=1",
+            "train.iwae_start_fraction=0", "model.density.prior=\"gaussian\"", "model.density.stochastic_layers=1"]
 BASELINE_NAME = "baseline_mlp_400_20"
 # The default config before issue 16 ("today's default" of its target: 231.10 nats).
 PREVIOUS_DEFAULT = ["model.architecture=\"mlp\"", "model.hidden_units=[512,256]", "model.latent_dim=16",
-                    "model.block=\"dense\"", "model.kl_warmup_steps=0", "model.train_samples=1",
-                    "model.prior=\"gaussian\"", "model.stochastic_layers=1", "train.batch_size=128",
+                    "model.block=\"dense\"", "model.kl_warmup_steps=0", "model.density.train_samples=1",
+                    "model.density.prior=\"gaussian\"", "model.density.stochastic_layers=1", "train.batch_size=128",
                     "train.learning_rate=1e-3", "train.lr_schedule=\"constant\"",
                     "train.init_output_bias=false", "train.iwae_start_fraction=0",
                     "train.mixed_precision=false"]
@@ -64,7 +64,7 @@ def run(name: str, overrides: list[str], budget: float, out: Path, data_dir: str
     metrics = train(config, out / name, overwrite=True, verbose=0)
     keys = ("test_iwae_nll", "test_nelbo", "active_units", "train_seconds", "epochs",
             "optimizer_steps", "wall_seconds")
-    units = config.model.latent_dim * config.model.stochastic_layers  # both layers' units
+    units = config.model.latent_dim * config.model.density.stochastic_layers  # both layers' units
     return {"model": name, "latent_dim": units, "overrides": overrides,
             **{k: metrics[k] for k in keys}}
 

@@ -77,12 +77,12 @@ def m2_vs_supervised(args, out: Path) -> dict:
     import tensorflow as tf
 
     from model.classifiers import build_classifier, build_shift
-    from pipelines.train import train
+    from pipelines.train import load_saved_model, train
 
     overrides = ["model.kind=m2", f"data.labelled_per_class={args.labelled_per_class}", *args.m2]
     config = settings(args.budget, args.data_dir, *overrides)
     metrics = train(config, out / "m2", overwrite=True, verbose=0)
-    m2 = keras.models.load_model(out / "m2" / "model.keras", compile=False)
+    m2 = load_saved_model(out / "m2" / "model.keras")
     images, labels = test_images(config, binarize=True)
     predicted = np.concatenate([np.argmax(m2.classify(images[i:i + 1000]), -1) for i in range(0, len(images), 1000)])
     m2_accuracy = float(np.mean(predicted == labels))
@@ -121,7 +121,7 @@ def m2_vs_supervised(args, out: Path) -> dict:
 
 
 def config_alpha(workdir: Path) -> float:
-    return json.loads((workdir / "config.json").read_text())["model"]["alpha"]
+    return json.loads((workdir / "config.json").read_text())["model"]["m2"]["alpha"]
 
 
 # === 2. CVAE: generated classes recognised by a separate classifier ===
@@ -130,11 +130,11 @@ def cvae_generated_classes(args, out: Path) -> dict:
     import numpy as np
 
     from model.classifiers import ConvClassifier
-    from pipelines.train import train
+    from pipelines.train import load_saved_model, train
 
     config = settings(args.cvae_budget, args.data_dir, "model.kind=cvae", *args.cvae)
     metrics = train(config, out / "cvae_label", overwrite=True, verbose=0)
-    cvae = keras.models.load_model(out / "cvae_label" / "model.keras", compile=False)
+    cvae = load_saved_model(out / "cvae_label" / "model.keras")
     train_x, train_y = train_images(config)
     test_x, test_y = test_images(config, binarize=False)
     keras.utils.set_random_seed(config.train.seed)
@@ -162,11 +162,11 @@ def half_completion(args, out: Path) -> dict:
     import keras
     import numpy as np
 
-    from pipelines.train import train
+    from pipelines.train import load_saved_model, train
 
     config = settings(args.cvae_budget, args.data_dir, "model.kind=cvae", "model.condition=left_half", *args.cvae)
     metrics = train(config, out / "cvae_left_half", overwrite=True, verbose=0)
-    model = keras.models.load_model(out / "cvae_left_half" / "model.keras", compile=False)
+    model = load_saved_model(out / "cvae_left_half" / "model.keras")
     half = model.condition
     train_x, _ = train_images(config)
     grey, _ = test_images(config, binarize=False)

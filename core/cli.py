@@ -50,8 +50,8 @@ def config_default(config, field: str, section: str | None = None) -> str:
     if isinstance(config, type):
         (spec,) = [f for f in dataclasses.fields(config) if f.name == field]
         value = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
-    else:
-        value = getattr(config, field)
+    else:  # as config.json spells it (`DataConfig`'s source fields are flat there)
+        value = config.to_dict()[field] if hasattr(config, "to_dict") else getattr(config, field)
     shown = json.dumps(list(value) if isinstance(value, tuple) else value).replace("%", "%%")  # argparse's %
     return f"default {shown}, {section}.{field}" if section else f"default {shown}"
 

@@ -84,10 +84,25 @@ class ConfigBase:
 
     FIELD_LABELS: ClassVar[dict[str, str]] = {}
     ERROR: ClassVar[type[ConfigError]] = ConfigError
+    # Fields that moved into a section: the old name -> its dotted path now
+    # ("alpha" -> "m2.alpha"). Config files and overrides that spell the old name still
+    # load (`from_dict`, `override`).
+    MOVED: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def _hints(cls) -> dict[str, Any]:
         return typing.get_type_hints(cls)
+
+    @classmethod
+    def _field_names(cls) -> list[str]:
+        """The names `from_dict` and `override` take: the dataclass's fields, unless a
+        subclass spells some of them otherwise (its `_hints` then types those names)."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def _from_values(cls: type[C], values: dict[str, Any]) -> C:
+        """The config of coerced values keyed by `_field_names`."""
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}
@@ -107,15 +122,46 @@ class ConfigBase:
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+        data = cls._moved_into_sections(data)
         hints = cls._hints()
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls._field_names())
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(
                 f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}"
             )
         values = {k: _coerce(cls.__name__, k, hints[k], v) for k, v in data.items()}
-        return cls(**values)
+        return cls._from_values(values)
+
+    @classmethod
+    def _moved_into_sections(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """`data` with every field spelled by its old name (`MOVED`) put in its section."""
+        if not cls.MOVED or not set(cls.MOVED) & set(data):
+            return data
+        data = dict(data)
+        for old, path in cls.MOVED.items():
+            if old in data:
+                *sections, name = path.split(".")
+                target = data
+                for section in sections:
+                    target[section] = target = dict(target.get(section) or {})
+                if name in target and target[name] != data[old]:
+                    raise ConfigError(f"{cls.__name__}: {old!r} (the old spelling of {path!r}) and {path!r} "
+                                      f"disagree: {data[old]!r} and {target[name]!r}")
+                target[name] = data.pop(old)
+        return data
+
+    @classmethod
+    def resolve_path(cls, parts: list[str]) -> list[str]:
+        """A dotted field path with old names (`MOVED`) spelled as they are now, at every level."""
+        if not parts:
+            return parts
+        if parts[0] in cls.MOVED:
+            parts = cls.MOVED[parts[0]].split(".") + parts[1:]
+        hint = cls._hints().get(parts[0])
+        if len(parts) > 1 and isinstance(hint, type) and issubclass(hint, ConfigBase):
+            return [parts[0], *hint.resolve_path(parts[1:])]
+        return parts
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
@@ -138,11 +184,11 @@ class ConfigBase:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        return self._override_path(path.strip().split("."), value, assignment)
+        return self._override_path(self.resolve_path(path.strip().split(".")), value, assignment)
 
     def _override_path(self: C, parts: list[str], value: Any, assignment: str) -> C:
         name = parts[0]
-        fields = {f.name for f in dataclasses.fields(self)}
+        fields = set(self._field_names())
         if name not in fields:
             raise ConfigError(
                 f"override {assignment!r}: {type(self).__name__} has no field {name!r}; "

@@ -100,12 +100,12 @@ def build_classifier(config: ModelConfig):
 
 
 def build_shift(config: ModelConfig, seed: int | None = None):
-    """The training-time shift of the classifier's images (`config.classifier_shift`
+    """The training-time shift of the classifier's images (`config.m2.classifier_shift`
     pixels at most, each way), or None when it is 0. The layer moves images only when
     called with `training=True`."""
-    if not config.classifier_shift:
+    if not config.m2.classifier_shift:
         return None
     height, width = config.image_shape[:2]
-    return layers.RandomTranslation(config.classifier_shift / height, config.classifier_shift / width,
+    return layers.RandomTranslation(config.m2.classifier_shift / height, config.m2.classifier_shift / width,
                                     fill_mode="constant", interpolation="nearest", fill_value=0.0,
                                     seed=seed, name="classifier_shift")

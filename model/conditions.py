@@ -27,8 +27,6 @@ class LabelCondition:
     """
 
     name = "label"
-    takes_labels = True  # (what a model on this condition serves: `model.vae.VAE`)
-    completes = False
 
     def __init__(self, image_shape, num_classes: int):
         self.image_shape = tuple(image_shape)
@@ -68,8 +66,6 @@ class HalfCondition:
         >>> whole = half.assemble(images, x)  # (B, 28, 28, 1)
     """
 
-    takes_labels = False  # (what a model on this condition serves: `model.vae.VAE`)
-    completes = True
     num_classes = None
 
     def __init__(self, image_shape, side: str):

@@ -3,30 +3,109 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 from core.config import ConfigBase, ConfigError, require, require_choice
+from model import kinds
+from model.kinds import CONDITIONS, HALF_CONDITIONS
 
-__all__ = ["ARCHITECTURES", "BLOCKS", "CONDITIONS", "HALF_CONDITIONS", "KINDS", "LIKELIHOODS", "PRIORS", "ConfigBase",
-           "ConfigError", "ModelConfig"]
+__all__ = ["ARCHITECTURES", "BLOCKS", "CONDITIONS", "HALF_CONDITIONS", "LIKELIHOODS", "PRIORS", "ConfigBase",
+           "ConfigError", "DensityConfig", "M2Config", "ModelConfig"]
 
 ARCHITECTURES = ("mlp", "conv")
 # Hidden blocks of the MLP networks (model.networks.BLOCKS): plain, gated or residual dense.
 BLOCKS = ("dense", "gated", "residual")
 LIKELIHOODS = ("bernoulli", "gaussian")
-# vae: p(x|z); cvae: q(z|x,y), p(x|z,y); m2: the cvae on labels plus a classifier q(y|x).
-KINDS = ("vae", "cvae", "m2")
 # The prior over the (top) latent layer: N(0, I), or the VampPrior, a mixture of the
-# encoder's posteriors at learned pseudo-inputs (model/priors.py).
+# encoder's posteriors at learned pseudo-inputs (model/priors.py); a kind declares which
+# it supports (`model/kinds.py`).
 PRIORS = ("gaussian", "vamp")
-# What a cvae is conditioned on: the class label, or one observed half of the image (the
-# model's x is then the other half).
-HALF_CONDITIONS = ("left_half", "right_half", "top_half", "bottom_half")
-CONDITIONS = ("label", *HALF_CONDITIONS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DensityConfig(ConfigBase):
+    """The density-model options (`ModelConfig.density`): the training objective's k, the
+    prior and the stochastic layers. Which of them a kind supports, its kind declares
+    (`model/kinds.py`).
+
+    Args:
+        train_samples: k of the training objective: 1 is the ELBO, k > 1 the IWAE bound
+            -log (1/k) sum_i p(x, z_i) / q(z_i|x) (kinds vae and cvae). The model reads
+            it from the attribute `model.train_samples` when a step is traced, so a
+            trainer may change k for the last part of a run.
+        prior: `"gaussian"` (N(0, I)) or `"vamp"` (the VampPrior, kind vae only); None
+            (the default): the kind's default, `ModelConfig.prior_name` (the VampPrior for
+            kind vae, which measured 1.5 nats better than N(0, I) in the same 600 s of
+            training, `benchmarks/quality.py`; N(0, I) for cvae and m2).
+        pseudo_inputs: K, the VampPrior's number of learned pseudo-inputs (used only
+            with the VampPrior; 100 pays for its cost here, where 500 starves the run of
+            epochs).
+        stochastic_layers: 1, or 2 for the two-layer HVAE q(z2|x) q(z1|x, z2),
+            p(z2) p(z1|z2) p(x|z1, z2) (kind vae only; both layers have `latent_dim`
+            units; `model/hierarchical.py`).
+    """
+
+    FIELD_LABELS: ClassVar[dict[str, str]] = {
+        f: f"ModelConfig.density.{f}" for f in ("train_samples", "prior", "pseudo_inputs", "stochastic_layers")}
+
+    train_samples: int = 1
+    prior: str | None = None
+    pseudo_inputs: int = 100
+    stochastic_layers: int = 1
+
+    def __post_init__(self) -> None:
+        require(self, "train_samples", isinstance(self.train_samples, int) and self.train_samples >= 1,
+                "must be an integer >= 1")
+        require(self, "prior", self.prior is None or self.prior in PRIORS, f"must be one of {PRIORS} or null")
+        require(self, "pseudo_inputs", isinstance(self.pseudo_inputs, int) and self.pseudo_inputs >= 1,
+                "must be a positive integer")
+        require(self, "stochastic_layers", isinstance(self.stochastic_layers, int) and self.stochastic_layers >= 1,
+                "must be a positive integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class M2Config(ConfigBase):
+    """The options of the semi-supervised M2 (`ModelConfig.m2`; other kinds leave them at
+    their defaults).
+
+    Args:
+        alpha: the weight of the classification loss -log q(y|x) per labelled example
+            (the paper's alpha = 0.1 N on its summed objective is 0.1 * N / N_labelled
+            here). None: the training pipeline fills in 0.1 * (N / N_labelled)^2, which
+            measured better with few labels (`pipelines.train.inputs.resolve_model`); an
+            M2 built directly needs a number.
+        classifier: the q(y|x) network, `"mlp"` or `"conv"` (`model/classifiers.py`);
+            None (the default): the same as `ModelConfig.architecture`. A conv classifier
+            beside MLP encoder and decoder costs little (the unlabelled objective decodes
+            every image once per class) and sees the image's local structure.
+        classifier_shift: while training, the classifier sees each image moved by a
+            random whole number of pixels, up to this many in each direction (Keras'
+            `RandomTranslation`, empty pixels filled with 0), so that the few labelled
+            images it learns from are not learnt by heart; 0 (the default): the images as
+            they are. Evaluation, `classify` and the export always see them as they are.
+    """
+
+    FIELD_LABELS: ClassVar[dict[str, str]] = {
+        f: f"ModelConfig.m2.{f}" for f in ("alpha", "classifier", "classifier_shift")}
+
+    alpha: float | None = None
+    classifier: str | None = None
+    classifier_shift: int = 0
+
+    def __post_init__(self) -> None:
+        require(self, "alpha", self.alpha is None or self.alpha >= 0, "must be >= 0 or null")
+        require(self, "classifier", self.classifier is None or self.classifier in ARCHITECTURES,
+                f"must be one of {ARCHITECTURES} or null")
+        require(self, "classifier_shift", isinstance(self.classifier_shift, int) and self.classifier_shift >= 0,
+                "must be an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(ConfigBase):
-    """The networks, the likelihood and the objective of a VAE.
+    """The networks, the likelihood and the objective of a VAE (kind-specific options in sections).
+
+    What every kind shares, and the kind-specific options in their sections (`density`,
+    `m2`).
 
     Args:
         image_shape: (height, width, channels) of the images.
@@ -46,42 +125,27 @@ class ModelConfig(ConfigBase):
         learn_gaussian_scale: learn the Gaussian log-scale (one scalar) by SGD.
         beta: weight of the KL term in the training objective.
         kl_warmup_steps: optimizer steps over which the KL weight ramps from 0 to beta.
-        kind: `"vae"`, `"cvae"` (conditional) or `"m2"` (semi-supervised: a label cvae
-            plus a classifier q(y|x); unlabelled examples carry the label -1).
-        condition: what a cvae is conditioned on: `"label"` (one-hot class) or the
-            observed half, `"left_half"`, `"right_half"`, `"top_half"`, `"bottom_half"`.
-            A `"vae"` and an `"m2"` keep the default `"label"`.
+        kind: the model kind, one of `model.kinds.REGISTRY`: `"vae"`, `"cvae"`
+            (conditional) or `"m2"` (semi-supervised: a label cvae plus a classifier
+            q(y|x); unlabelled examples carry the label -1).
+        condition: what a cvae is conditioned on (a conditional kind's conditions are
+            declared with it, `model/kinds.py`): `"label"` (one-hot class) or the observed
+            half, `"left_half"`, `"right_half"`, `"top_half"`, `"bottom_half"`. A `"vae"`
+            and an `"m2"` keep the default `"label"`.
         num_classes: classes of a label-conditioned model (the training pipeline sets it
             from the dataset).
-        alpha: M2's weight of the classification loss -log q(y|x) per labelled example
-            (the paper's alpha = 0.1 N on its summed objective is 0.1 * N / N_labelled
-            here). None: the training pipeline fills in 0.1 * (N / N_labelled)^2, which
-            measured better with few labels (`pipelines.train.inputs.resolve_model`); an
-            M2 built directly needs a number.
-        train_samples: k of the training objective: 1 is the ELBO, k > 1 the IWAE bound
-            -log (1/k) sum_i p(x, z_i) / q(z_i|x) (kinds vae and cvae). The model reads
-            it from the attribute `model.train_samples` when a step is traced, so a
-            trainer may change k for the last part of a run.
-        prior: `"gaussian"` (N(0, I)) or `"vamp"` (the VampPrior, kind vae only); None
-            (the default): the kind's default, `prior_name` (the VampPrior for kind vae,
-            which measured 1.5 nats better than N(0, I) in the same 600 s of training,
-            `benchmarks/quality.py`; N(0, I) for cvae and m2).
-        pseudo_inputs: K, the VampPrior's number of learned pseudo-inputs (used only
-            with the VampPrior; 100 pays for its cost here, where 500 starves the run of
-            epochs).
-        classifier: M2's q(y|x) network, `"mlp"` or `"conv"` (`model/classifiers.py`);
-            None (the default): the same as `architecture`. A conv classifier beside MLP
-            encoder and decoder costs little (the unlabelled objective decodes every
-            image once per class) and sees the image's local structure.
-        classifier_shift: M2: while training, the classifier sees each image moved by a
-            random whole number of pixels, up to this many in each direction (Keras'
-            `RandomTranslation`, empty pixels filled with 0), so that the few labelled
-            images it learns from are not learnt by heart; 0 (the default): the images as
-            they are. Evaluation, `classify` and the export always see them as they are.
-        stochastic_layers: 1, or 2 for the two-layer HVAE q(z2|x) q(z1|x, z2),
-            p(z2) p(z1|z2) p(x|z1, z2) (kind vae only; both layers have `latent_dim`
-            units; `model/hierarchical.py`).
+        density: the objective's k, the prior and the stochastic layers (`DensityConfig`).
+        m2: M2's options (`M2Config`).
+
+    Config files written before the sections existed spell their fields flat
+    (`"alpha": 30.0`, `"prior": "vamp"`): they load as they are (`MOVED`), and so do
+    overrides such as `model.prior=gaussian` (now `model.density.prior`).
     """
+
+    MOVED: ClassVar[dict[str, str]] = {
+        **{f: f"density.{f}" for f in ("train_samples", "prior", "pseudo_inputs", "stochastic_layers")},
+        **{f: f"m2.{f}" for f in ("alpha", "classifier", "classifier_shift")},
+    }
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     architecture: str = "mlp"
@@ -99,29 +163,25 @@ class ModelConfig(ConfigBase):
     kind: str = "vae"
     condition: str = "label"
     num_classes: int = 10
-    alpha: float | None = None
-    train_samples: int = 1
-    prior: str | None = None
-    pseudo_inputs: int = 100
-    stochastic_layers: int = 1
-    classifier: str | None = None
-    classifier_shift: int = 0
+    density: DensityConfig = dataclasses.field(default_factory=DensityConfig)
+    m2: M2Config = dataclasses.field(default_factory=M2Config)
 
     @property
     def prior_name(self) -> str:
-        """The prior in use: `prior`, or when it is None the kind's default (`"vamp"` for
-        kind vae, `"gaussian"` for cvae and m2)."""
-        return self.prior or ("vamp" if self.kind == "vae" else "gaussian")
+        """The prior in use: `density.prior`, or when it is None the kind's default (its
+        first declared prior, `model/kinds.py`: `"vamp"` for kind vae, `"gaussian"` for
+        cvae and m2)."""
+        return self.density.prior or kinds.lookup(self.kind).priors[0]
 
     @property
     def classifier_architecture(self) -> str:
-        """M2's q(y|x) network: `classifier`, or `architecture` when it is None."""
-        return self.classifier or self.architecture
+        """M2's q(y|x) network: `m2.classifier`, or `architecture` when it is None."""
+        return self.m2.classifier or self.architecture
 
     @property
     def labels_condition(self) -> bool:
         """Whether the model is conditioned on (or classifies) the class label."""
-        return self.kind != "vae" and self.condition == "label"
+        return kinds.lookup(self.kind).serves(self.condition)[0]
 
     def __post_init__(self) -> None:
         require(self, "image_shape", len(self.image_shape) == 3
@@ -149,38 +209,14 @@ class ModelConfig(ConfigBase):
                 "must be an integer >= 0")
         require(self, "gaussian_log_scale", -20.0 <= self.gaussian_log_scale <= 20.0,
                 "must be within [-20, 20]")
-        require_choice(self, "kind", KINDS)
         require_choice(self, "condition", CONDITIONS)
-        require(self, "condition", self.kind == "cvae" or self.condition == "label",
-                f"must be 'label' for model.kind={self.kind!r} (only a cvae is conditioned on a half)")
         require(self, "num_classes", isinstance(self.num_classes, int) and self.num_classes >= 2,
                 "must be an integer >= 2")
-        require(self, "alpha", self.alpha is None or self.alpha >= 0, "must be >= 0 or null")
-        require(self, "alpha", self.alpha is None or self.kind == "m2", "is only used by model.kind='m2'")
-        require(self, "train_samples", isinstance(self.train_samples, int) and self.train_samples >= 1,
-                "must be an integer >= 1")
-        require(self, "train_samples", self.train_samples == 1 or self.kind in ("vae", "cvae"),
-                f"must be 1 for model.kind={self.kind!r} (IWAE training supports kinds vae and cvae)")
-        require(self, "prior", self.prior is None or self.prior in PRIORS, f"must be one of {PRIORS} or null")
-        require(self, "prior", self.prior_name == "gaussian" or self.kind == "vae",
-                f"must be 'gaussian' for model.kind={self.kind!r} (the VampPrior supports kind vae only)")
-        require(self, "pseudo_inputs", isinstance(self.pseudo_inputs, int) and self.pseudo_inputs >= 1,
-                "must be a positive integer")
-        require_choice(self, "stochastic_layers", (1, 2))
-        require(self, "stochastic_layers", self.stochastic_layers == 1 or self.kind == "vae",
-                f"must be 1 for model.kind={self.kind!r} (two stochastic layers support kind vae only)")
-        require(self, "classifier", self.classifier is None or self.classifier in ARCHITECTURES,
-                f"must be one of {ARCHITECTURES} or null")
-        require(self, "classifier", self.classifier is None or self.kind == "m2",
-                "is only used by model.kind='m2'")
-        require(self, "classifier_shift", isinstance(self.classifier_shift, int) and self.classifier_shift >= 0,
-                "must be an integer >= 0")
-        require(self, "classifier_shift", self.classifier_shift == 0 or self.kind == "m2",
-                "is only used by model.kind='m2'")
-        require(self, "classifier_shift", 2 * self.classifier_shift < min(self.image_shape[:2]),
+        require(self.m2, "classifier_shift", 2 * self.m2.classifier_shift < min(self.image_shape[:2]),
                 "must be less than half the image's height and width")
-        require(self, "conv_filters", self.classifier_architecture != "conv" or self.kind != "m2"
-                or len(self.conv_filters) > 0, "must not be empty for a conv classifier")
+        require(self, "conv_filters", self.classifier_architecture != "conv" or len(self.conv_filters) > 0,
+                "must not be empty for a conv classifier")
+        kinds.check(self)  # what the kind declares it reads and supports
         if self.condition in HALF_CONDITIONS:
             axis = 0 if self.condition in ("top_half", "bottom_half") else 1  # rows or columns
             require(self, "image_shape", self.image_shape[axis] >= 2,

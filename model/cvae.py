@@ -38,15 +38,6 @@ class CVAE(VAE):
     def make_condition(self):
         return make_condition(self.model_config)
 
-    # === What the model serves: as its condition declares ===
-    @property
-    def takes_labels(self) -> bool:
-        return self.condition.takes_labels
-
-    @property
-    def completes(self) -> bool:
-        return self.condition.completes
-
     @property
     def num_classes(self) -> int | None:
         return self.condition.num_classes

@@ -18,7 +18,7 @@ from model import losses
 from model.draws import as_seed, posterior_draw, posterior_draws, tile_draws
 from model.priors import Prior
 
-__all__ = ["Evaluated", "as_seed", "elbo_kl", "importance_log_mean_exp", "iwae_chunk_size",
+__all__ = ["Evaluated", "as_seed", "chunk_size_for", "elbo_kl", "importance_log_mean_exp", "iwae_chunk_size",
            "iwae_log_likelihood", "kl_per_unit", "negative_elbo", "posterior_draws", "tile_draws"]
 
 # Decoder outputs held in memory at once by the IWAE loop (float32 values): 2^25 = 128 MiB.
@@ -66,6 +66,14 @@ def iwae_chunk_size(batch: int, image_shape, num_samples: int) -> int:
     `pipelines.evaluate` does)."""
     per_sample = max(1, batch * math.prod(image_shape))
     return max(1, min(num_samples, IWAE_MEMORY_BUDGET // per_sample))
+
+
+def chunk_size_for(images, num_samples: int, chunk_size: int | None = None) -> int:
+    """`chunk_size` when given, else `iwae_chunk_size` for `images` (B, H, W, C) (a batch of
+    unknown size counts as 256): the default of every model's IWAE estimate."""
+    if chunk_size is not None:
+        return chunk_size
+    return iwae_chunk_size(images.shape[0] or 256, images.shape[1:], num_samples)
 
 
 def importance_log_mean_exp(log_weights, num_samples: int, seed, chunk_size: int):
@@ -127,8 +135,7 @@ def iwae_log_likelihood(model: Evaluated, images, num_samples: int = 1000, seed=
     images = tf.convert_to_tensor(images, tf.float32)
     z_mean, z_log_var = model.posterior(images, condition)  # (B, D)
     log_prior = model.prior.log_density()  # (the VampPrior's components computed once)
-    if chunk_size is None:
-        chunk_size = iwae_chunk_size(images.shape[0] or 256, images.shape[1:], num_samples)
+    chunk_size = chunk_size_for(images, num_samples, chunk_size)
     if condition is not None:
         condition = tf.convert_to_tensor(condition, tf.float32)
 

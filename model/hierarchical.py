@@ -33,7 +33,7 @@ def gaussian_kl_per_unit(mean, log_var, prior_mean, prior_log_var):
 class HierarchicalVAE(VAE):
     """A VAE with two stochastic layers, q(z2|x) q(z1|x, z2) and p(z2) p(z1|z2) p(x|z1, z2).
 
-    The class of kind vae for `model_config.stochastic_layers == 2` (`model.kinds`). The
+    The class of kind vae for `model_config.density.stochastic_layers == 2` (`model.kinds`). The
     objective keeps the VAE's split: `loss` is -log p(x|z1, z2) and the KL term,
     KL(q(z1|x, z2) || p(z1|z2)) (closed form given the drawn z2) plus the top layer's KL
     (closed form to N(0, I), Monte Carlo for the VampPrior), goes through `add_loss`.
@@ -43,11 +43,11 @@ class HierarchicalVAE(VAE):
     the prior, then z1 ~ p(z1|z2) (noise scaled by the temperature), then decodes.
 
     Args:
-        model_config: a `ModelConfig` (or its dict) with `stochastic_layers=2`.
+        model_config: a `ModelConfig` (or its dict) with `density.stochastic_layers=2`.
         seed: seed of the sampling noise.
 
     Example:
-        >>> hvae = build_model(ModelConfig(stochastic_layers=2))  # a HierarchicalVAE
+        >>> hvae = build_model(ModelConfig(density=DensityConfig(stochastic_layers=2)))  # a HierarchicalVAE
         >>> z2_mean, z2_log_var = hvae.encode(images)  # the top layer, (B, D) each
         >>> images = hvae.sample(16, seed=0)  # top-down
     """
@@ -168,8 +168,7 @@ class HierarchicalVAE(VAE):
         x = ops.convert_to_tensor(images, "float32")
         z2_mean, z2_log_var = self.posterior(x)
         log_prior = self.prior.log_density()
-        if chunk_size is None:
-            chunk_size = evaluation.iwae_chunk_size(x.shape[0] or 256, x.shape[1:], num_samples)
+        chunk_size = evaluation.chunk_size_for(x, num_samples, chunk_size)
 
         def log_weights(count, chunk_seed):
             z2 = posterior_draws(z2_mean, z2_log_var, count, fold(chunk_seed, 0))  # (c, B, D)

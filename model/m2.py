@@ -45,22 +45,21 @@ class M2(CVAE):
     `classification / labelled` is the mean over the labelled examples.
 
     Args:
-        model_config: a `ModelConfig` (or its dict) with `kind="m2"` and `alpha` set.
+        model_config: a `ModelConfig` (or its dict) with `kind="m2"` and `m2.alpha` set.
         seed: seed of the sampling noise.
 
     Example:
-        >>> m2 = M2(ModelConfig(kind="m2", alpha=6.0))
+        >>> m2 = M2(ModelConfig(kind="m2", m2=M2Config(alpha=6.0)))
         >>> terms = m2.loss_terms((images, tf.constant([3, -1, -1, 7])))
         >>> probabilities = m2.classify(images)  # (B, 10)
     """
 
     LOSS_TERMS = ("loss", "reconstruction", "kl", "classification", "entropy", "accuracy", "labelled")
-    classifies = True
 
     def __init__(self, model_config=None, seed: int | None = None, **kwargs):
         super().__init__(model_config, seed=seed, **kwargs)
-        if self.model_config.alpha is None:
-            raise ConfigError("ModelConfig.alpha must be a number for model.kind='m2' (the "
+        if self.model_config.m2.alpha is None:
+            raise ConfigError("ModelConfig.m2.alpha must be a number for model.kind='m2' (the "
                               "training pipeline sets the paper's 0.1 * N / N_labelled), got None")
         # === Layers ===
         self.classifier = build_classifier(self.model_config)
@@ -132,7 +131,7 @@ class M2(CVAE):
         cross_entropy = -tf.reduce_sum(one_hot * log_q, axis=-1)  # (B,)
         entropy = -tf.reduce_sum(tf.exp(log_q) * log_q, axis=-1)  # (B,)
         reconstruction = tf.reduce_sum(weights * outputs["reconstruction_per_class"], axis=-1)
-        alpha = float(self.model_config.alpha)
+        alpha = float(self.model_config.m2.alpha)
         loss = reconstruction + math.log(self.num_classes) + tf.where(
             labelled, alpha * cross_entropy, -entropy)
         is_labelled = tf.cast(labelled, tf.float32)
@@ -164,9 +163,7 @@ class M2(CVAE):
         if labels is not None:
             return super().log_likelihood(images, num_samples, seed, chunk_size, labels=labels)
         images = ops.convert_to_tensor(images, "float32")
-        if chunk_size is None:
-            batch = images.shape[0] or 256
-            chunk_size = evaluation.iwae_chunk_size(batch, self.image_shape, num_samples)
+        chunk_size = evaluation.chunk_size_for(images, num_samples, chunk_size)
         tiled, c = self._tile_classes(images)
         log_px_y = evaluation.iwae_log_likelihood(
             self, tiled, num_samples, seed, max(1, chunk_size // self.num_classes), c)

@@ -121,7 +121,7 @@ class Prior:
     call, whatever the prior.
 
     Args:
-        config: the model config (`prior_name`, `latent_dim`, `pseudo_inputs`).
+        config: the model config (`prior_name`, `latent_dim`, `density.pseudo_inputs`).
         x_shape: (H, W, C) of the model's x (a pseudo-input's shape).
         posterior: the model's q(z|x), x (N, H, W, C) -> (mean, log_var), (N, D) each.
     """
@@ -197,7 +197,7 @@ class VampPrior(Prior):
 
     def __init__(self, config: ModelConfig, x_shape, posterior: Callable):
         super().__init__(config, x_shape, posterior)
-        self.count = int(config.pseudo_inputs)
+        self.count = int(config.density.pseudo_inputs)
         self.pseudo_inputs = PseudoInputs(self.count, x_shape, name="pseudo_inputs", dtype="float32")
         self.posterior = posterior
 

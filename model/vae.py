@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from model import evaluation, losses, priors
+from model import evaluation, kinds, losses, priors
 from model.config import ConfigError, ModelConfig
 from model.draws import seed_or_fresh, tile_draws
 from model.layers import PACKAGE, BernoulliLikelihood, GaussianLikelihood, Sampling
@@ -102,12 +102,13 @@ class VAE(keras.Model):
     The prior (`self.prior`, a `model.priors.Prior` built from `model_config.prior_name`):
     N(0, I) with the KL in closed form, or the VampPrior, p(z) = (1/K) sum_k q(z|u_k) at K
     learned pseudo-inputs u_k, with the KL by Monte Carlo, log q(z|x) - log p(z) at the
-    drawn z. A config with `stochastic_layers=2` is the two-layer
+    drawn z. A config with `density.stochastic_layers=2` is the two-layer
     `model.hierarchical.HierarchicalVAE`: build a model from a config with
-    `model.kinds.build_model`, which picks the class.
+    `model.build_model`, which picks the class.
 
-    What the model serves, beyond encode/decode/reconstruct/log-likelihood, is declared by
-    `takes_labels`, `classifies` and `completes` (the exporter and the pictures read them).
+    What the model serves, beyond encode/decode/reconstruct/log-likelihood, is what its
+    kind declares (`model/kinds.py`), answered by `takes_labels`, `classifies` and
+    `completes` (the exporter and the pictures read them).
 
     Args:
         model_config: a `ModelConfig` (or its dict).
@@ -122,12 +123,10 @@ class VAE(keras.Model):
 
     # The keys of `loss_terms`, in the order a trainer logs them.
     LOSS_TERMS = ("loss", "reconstruction", "kl")
-    # `model_config.stochastic_layers` of the configs this class builds.
+    # `model_config.density.stochastic_layers` of the configs this class builds.
     STOCHASTIC_LAYERS = 1
-    # === What the model serves (read by the exporter and the pictures) ===
-    takes_labels = False  # generation, encoding, ... take class labels
-    classifies = False  # q(y|x): `classify(images)`
-    completes = False  # `complete(images)`: an observed half kept, the other drawn
+    # Keras' `compile` sets it; None before (and after a load that did not compile).
+    optimizer = None
 
     def __init__(self, model_config: ModelConfig | dict | None = None, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -135,10 +134,10 @@ class VAE(keras.Model):
             model_config = ModelConfig()
         if isinstance(model_config, dict):
             model_config = ModelConfig.from_dict(model_config)
-        if model_config.stochastic_layers != self.STOCHASTIC_LAYERS:
+        if model_config.density.stochastic_layers != self.STOCHASTIC_LAYERS:
             raise ConfigError(
-                f"ModelConfig.stochastic_layers={model_config.stochastic_layers} is not built by "
-                f"{type(self).__name__}; build the model with model.kinds.build_model(config)")
+                f"ModelConfig.density.stochastic_layers={model_config.density.stochastic_layers} is not built by "
+                f"{type(self).__name__}; build the model with model.build_model(config)")
         self.model_config = model_config
         self.seed = seed
         self.condition = self.make_condition()
@@ -152,13 +151,33 @@ class VAE(keras.Model):
             setattr(self, name, layer)
         # === The training schedule (`set_schedule`) ===
         # k of the training objective, read when a step is traced.
-        self.train_samples = int(model_config.train_samples)
+        self.train_samples = int(model_config.density.train_samples)
         # The KL warm-up by the run's progress: a callable -> its value in [0, 1], or None
         # (then the warm-up is by optimizer steps, `model_config.kl_warmup_steps`).
         self.kl_warmup_ramp = None
         # === Metrics ===
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+
+    # === What the model serves (read by the exporter and the pictures): as its kind declares ===
+    @property
+    def takes_labels(self) -> bool:
+        """Generation, encoding, ... take class labels."""
+        return self._serves[0]
+
+    @property
+    def classifies(self) -> bool:
+        """q(y|x): `classify(images)`."""
+        return self._serves[1]
+
+    @property
+    def completes(self) -> bool:
+        """`complete(images)`: an observed half kept, the other drawn."""
+        return self._serves[2]
+
+    @property
+    def _serves(self) -> tuple[bool, bool, bool]:
+        return kinds.lookup(self.model_config.kind).serves(self.model_config.condition)
 
     @property
     def latent_dim(self) -> int:
@@ -186,6 +205,11 @@ class VAE(keras.Model):
     def make_networks(self, condition_dim: int):
         """(encoder, decoder): q(z|x[, c]) and p(x|z[, c]) (`build_networks`)."""
         return build_networks(self.model_config, self.x_shape, condition_dim)
+
+    def set_output_bias(self, value) -> None:
+        """Sets the decoder's output bias (`train.init_output_bias`): a scalar or an array
+        over `x_shape`, the logit (or mean) of each pixel."""
+        self.decoder.set_output_bias(value)
 
     def inputs_of(self, images, labels=None):
         """(x, c): what the networks see of a batch; c is None for an unconditional model."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
+from typing import Any
 
 from core.config import ConfigBase, ConfigError, load_config, require, require_choice, save_config
+from model import kinds
 from model.config import ModelConfig
-from pipelines.sources.spec import KINDS as SOURCE_KINDS, SourceSpec
+from pipelines.sources.spec import DATA_FIELDS as SOURCE_FIELDS, SourceSpec
 from serving import contract as C
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -18,9 +21,24 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 HELD_OUT_TRAIN, HELD_OUT_VALIDATION = "train[:90%]", "train[90%:]"
 
 
+class DataSource(SourceSpec):
+    """A run's `SourceSpec`, whose messages name the `data` fields (`DataConfig.dataset`)."""
+
+    FIELD_LABELS = {spec: f"DataConfig.{flat}" for flat, spec in SOURCE_FIELDS.items()}
+    ERROR = ConfigError
+
+
+DEFAULT_SOURCE = DataSource(kind="tfds", dataset="fashion_mnist")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig(ConfigBase):
     """Where the images come from and how they are fed.
+
+    The input is one `SourceSpec` (`source`), read by the same source layer as `vae
+    encode` reads its input with; config.json and the overrides spell its fields flat, as
+    the `data` fields they were (`SOURCE_FIELDS`: `data.source` is its kind,
+    `data.dataset=mnist`, `data.paths=[...]`).
 
     Args:
         source: `tfds` (a tensorflow-datasets dataset), or the user's own files:
@@ -75,17 +93,9 @@ class DataConfig(ConfigBase):
             from the whole split, labelled examples in their natural proportion.
     """
 
-    source: str = "tfds"
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
+    source: SourceSpec = DEFAULT_SOURCE
     download: bool = False
-    paths: tuple[str, ...] = ()
-    image_feature: str = "image"
-    label_feature: str | None = "label"
-    labels_file: str | None = None
-    resize: bool = False
     channels: int | None = None
-    skip_bad: bool = False
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -103,8 +113,9 @@ class DataConfig(ConfigBase):
     labelled_share: float | None = None
 
     def __post_init__(self) -> None:
-        require_choice(self, "source", SOURCE_KINDS)
-        require(self, "dataset", bool(self.dataset), "must name a tfds dataset")
+        if type(self.source) is not DataSource:  # its messages name the data fields
+            object.__setattr__(self, "source", DataSource(**self.source.fields()))
+        require(self.source, "dataset", bool(self.source.dataset), "must name a tfds dataset")
         require(self, "channels", self.channels in (None, 1, 3, 4), "must be 1, 3, 4 or null")
         for field in ("validation_fraction", "test_fraction"):
             require(self, field, 0 < getattr(self, field) < 1, "must be in (0, 1)")
@@ -119,28 +130,53 @@ class DataConfig(ConfigBase):
         require(self, "labelled_share", self.labelled_share is None or 0 < self.labelled_share < 1,
                 "must be in (0, 1) or null")
 
+    # === The source's fields, spelled flat (`SOURCE_FIELDS`) ===
+    @classmethod
+    def _field_names(cls) -> list[str]:
+        return [*SOURCE_FIELDS, *(f.name for f in dataclasses.fields(cls) if f.name != "source")]
+
+    @classmethod
+    def _hints(cls) -> dict[str, Any]:
+        source = typing.get_type_hints(SourceSpec)
+        flat = {flat: source[spec] for flat, spec in SOURCE_FIELDS.items()}
+        return {**super()._hints(), **flat, "dataset": str}  # a run always names one (`tfds` or not)
+
+    @classmethod
+    def _from_values(cls, values: dict[str, Any]) -> DataConfig:
+        source = {SOURCE_FIELDS[k]: values.pop(k) for k in list(values) if k in SOURCE_FIELDS}
+        return cls(source=dataclasses.replace(DEFAULT_SOURCE, **source), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        source = values.pop("source")
+        return {**{flat: source[spec] for flat, spec in SOURCE_FIELDS.items()}, **values}
+
+    def _override_path(self, parts: list[str], value: Any, assignment: str) -> DataConfig:
+        if parts[0] in SOURCE_FIELDS and len(parts) == 1:  # `data.dataset=mnist`
+            return type(self).from_dict({**self.to_dict(), parts[0]: value})
+        return super()._override_path(parts, value, assignment)
+
+    # === Reading it ===
     @property
     def own(self) -> bool:
         """Whether the images are the user's own files (not a tfds dataset)."""
-        return self.source != "tfds"
+        return self.source.kind != "tfds"
 
     @property
     def name(self) -> str:
         """The data in a few words, for logs and metrics: the tfds name, or kind:path."""
-        return self.dataset if not self.own else f"{self.source}:{','.join(self.paths)}"
+        return self.source.dataset if not self.own else f"{self.source.kind}:{','.join(self.source.paths)}"
 
     def source_spec(self) -> SourceSpec:
-        """Own data as the source layer names it (`pipelines.sources`); checked here, when a
-        run opens it, not field by field (overrides set `source` and `paths` one at a time).
+        """The source as the source layer opens it (`pipelines.sources`), checked here, when
+        a run opens it, not field by field (overrides set `source` and `paths` one at a
+        time): `resize` is implied by `image_size` and `channels`.
 
         Raises:
             SourceConfigError: the source's paths or features do not fit its kind.
         """
-        return SourceSpec(kind=self.source, dataset=self.dataset, data_dir=self.data_dir,
-                          paths=self.paths, image_feature=self.image_feature,
-                          label_feature=self.label_feature, labels_file=self.labels_file,
-                          resize=self.resize or self.image_size is not None or self.channels is not None,
-                          skip_bad=self.skip_bad)
+        resize = self.source.resize or self.image_size is not None or self.channels is not None
+        return SourceSpec(**{**self.source.fields(), "resize": resize}).check()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +218,7 @@ class TrainConfig(ConfigBase):
         kl_warmup_fraction: ramp the KL weight linearly from 0 to `model.beta` over this
             fraction of the run (of the time budget, or of the steps), in place of
             `model.kl_warmup_steps` (0: off).
-        iwae_start_fraction: with `model.train_samples` k > 1, train on the one-sample
+        iwae_start_fraction: with `model.density.train_samples` k > 1, train on the one-sample
             ELBO (k = 1) for this fraction of the run (of the time budget, or of the
             steps) and on the k-sample IWAE bound after it (0: IWAE from the start).
     """
@@ -252,12 +288,12 @@ class RunConfig(ConfigBase):
         if self.train.early_stopping_patience:
             self.check_validation_unseen("train.early_stopping_patience="
                                          f"{self.train.early_stopping_patience} selects the model on it")
-        require(self.data, "labelled_per_class",
-                self.data.labelled_per_class is None or self.model.kind == "m2",
-                f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
+        semi_supervised = kinds.lookup(self.model.kind).semi_supervised
+        only = (f"is only used by model.kind={kinds.names_where(lambda k: k.semi_supervised)} "
+                f"(model.kind is {self.model.kind!r})")
+        require(self.data, "labelled_per_class", self.data.labelled_per_class is None or semi_supervised, only)
         if self.data.labelled_share is not None:
-            require(self.data, "labelled_share", self.model.kind == "m2",
-                    f"is only used by model.kind='m2' (model.kind is {self.model.kind!r})")
+            require(self.data, "labelled_share", semi_supervised, only)
             require(self.data, "labelled_share", self.data.labelled_per_class is not None,
                     "needs data.labelled_per_class (--labelled-per-class), the labelled subset it feeds")
             batch, labelled = self.train.batch_size, self.labelled_per_batch

@@ -1,130 +1,147 @@
-"""tensorflow-datasets image datasets as tf.data pipelines, prepared offline where possible.
+"""The training data: one interface (`TrainingData`) over a tensorflow-datasets dataset
+(`TfdsData`, here) and the user's own files (`pipelines.own_data.OwnData`), opened by
+`open_training_data`; both feed the batches of `pipelines.batches`.
 
-`fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist` into the
-standard tfds dataset, with no network. Other datasets must already be prepared in the
-data directory, or be downloaded on request (`download=True`). No code path here waits
-on the network unless asked to.
+The tfds checks and the offline preparation (Fashion-MNIST from Debian's package) are the
+source layer's (`pipelines.sources.datasets`), which `vae encode` reads tfds with too.
 """
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import logging
-import shutil
-import tempfile
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from core.errors import UserError
+from pipelines.batches import fixed_batches, in_memory_batches, shuffled_batches
 from pipelines.config import DataConfig
+from pipelines.sources.datasets import LOCAL_SOURCES, class_names, num_classes, num_examples, prepared_builder
+from pipelines.sources.spec import DataError
 
 log = logging.getLogger(__name__)
 
-# Local sources of standard tfds datasets: tfds name -> (folder, Debian package).
-LOCAL_SOURCES = {
-    "fashion_mnist": (Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist"),
-}
-_IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+__all__ = ["LOCAL_SOURCES", "DataError", "SPLITS", "TfdsData", "TrainingData", "class_names",
+           "dataset_class_names", "evaluation_dataset", "get_builder", "image_shape",
+           "in_memory_training_dataset", "num_classes", "num_examples", "open_training_data",
+           "split_labels", "training_dataset"]
+
+SPLITS = ("train", "validation", "test")  # the splits every training data has
 
 
-class DataError(UserError):
-    """A dataset cannot be found, prepared or used; the message says what to do."""
+class TrainingData(Protocol):
+    """What a run asks of its data, whatever its back end (`open_training_data`)."""
+
+    image_shape: tuple[int, int, int]  # (H, W, C) the model sees
+
+    def count(self, split: str) -> int:
+        """The images of a split of `SPLITS`."""
+
+    def split_name(self, split: str) -> str:
+        """How the labelled subset's record names the split (a tfds split expression)."""
+
+    def num_classes(self) -> int:
+        """The classes. Raises DataError when the images carry no labels."""
+
+    def class_names(self) -> list[str] | None:
+        """The classes' names (the export carries them), or None."""
+
+    def split_labels(self, split: str) -> np.ndarray:
+        """The labels of a split's images in its order: (N,) int64, -1 for none."""
+
+    def resolved(self, config: DataConfig) -> DataConfig:
+        """The data config with what a run records of the data (own data's classes, hash)."""
+
+    def record(self) -> dict | None:
+        """What the workdir's source.json holds; None when the dataset names itself (tfds)."""
+
+    def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
+              labelled_per_batch: int | None = None) -> tf.data.Dataset:
+        """Repeated shuffled batches of the training split (see `TfdsData.train`).
+        Raises DataError when it holds fewer images than one batch."""
+
+    def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
+                   limit: int | None = None) -> tf.data.Dataset:
+        """A split's batches in a fixed order, binarised once."""
 
 
-def _local_files(name: str) -> Path | None:
-    source = LOCAL_SOURCES.get(name)
-    if source and all((source[0] / f"{f}.gz").is_file() for f in _IDX_FILES):
-        return source[0]
-    return None
-
-
-def _prepare_fashion_mnist_locally(folder: Path, data_dir: str | None) -> None:
-    """Prepares the standard tfds `fashion_mnist` from local gzipped IDX files.
-
-    The stock builder downloads and checksums the upstream archives; here its split
-    generator is handed the decompressed local files instead, so the result is the same
-    standard dataset (same name, version and examples) without a network.
-    """
-    from tensorflow_datasets.image_classification import mnist
-
-    scratch = Path(tempfile.mkdtemp(prefix="fashion_mnist_"))
-    try:
-        paths = {}
-        for name in _IDX_FILES:
-            with gzip.open(folder / f"{name}.gz", "rb") as src, open(scratch / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            paths[name] = str(scratch / name)
-
-        class _LocalFiles:
-            """Stands in for tfds' download manager: file names -> local paths."""
-
-            def download_and_extract(self, urls):
-                return {key: paths[url.rsplit("/", 1)[-1].removesuffix(".gz")] for key, url in urls.items()}
-
-        class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
-            name = "fashion_mnist"
-            code_path = None  # no checksums file to look up: nothing is downloaded
-
-            def _split_generators(self, dl_manager):
-                return super()._split_generators(_LocalFiles())
-
-        builder = LocalFashionMNIST(data_dir=data_dir)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def get_builder(config: DataConfig):
-    """Returns a prepared tfds builder for `config.dataset`.
+def open_training_data(config: DataConfig, workers: int = 1) -> TrainingData:
+    """The data `config` names, opened for `workers` workers (one worker may hold the
+    training split in memory; several stream it, tf.data sharding it).
 
     Raises:
-        DataError: unknown name, no `image` feature, or not prepared and no way to
-            prepare it offline (the message names the flag or package that fixes it).
+        SourceError: the data cannot be found, prepared, read or split (a `DataError` for
+            a tfds dataset); the message says what to do.
     """
-    name = config.dataset
-    try:
-        builder = tfds.builder(name, data_dir=config.data_dir)
-    except tfds.core.registered.DatasetNotFoundError as err:
-        hint = str(err).strip().splitlines()
-        raise DataError(
-            f"unknown dataset {name!r}: tensorflow-datasets has no builder of that name "
-            f"({hint[0] if hint else 'not found'}). Use a tfds image dataset such as "
-            f"'fashion_mnist' or 'mnist'."
-        ) from None
-    if "image" not in builder.info.features:
-        raise DataError(
-            f"dataset {name!r} has no 'image' feature (features: "
-            f"{sorted(builder.info.features.keys())}); the VAE needs an image dataset"
-        )
-    if builder.is_prepared():
-        return builder
-    local = _local_files(name)
-    if local is not None:
-        log.info("preparing %s from the local files in %s", name, local)
-        _prepare_fashion_mnist_locally(local, config.data_dir)
-        return tfds.builder(name, data_dir=config.data_dir)
-    if config.download:
-        log.info("downloading and preparing %s into %s", name, builder.data_dir)
-        builder.download_and_prepare()
-        return builder
-    where = builder.data_dir
-    advice = ["pass --download to let tensorflow-datasets fetch it (needs network)",
-              "or --data-dir pointing at a directory where it is prepared"]
-    if name in LOCAL_SOURCES:
-        folder, package = LOCAL_SOURCES[name]
-        advice.insert(0, f"install the Debian package {package} (apt-get install {package}, "
-                         f"which puts its files in {folder})")
-    raise DataError(f"dataset {name!r} is not prepared in {where}; " + ", ".join(advice))
+    if config.own:
+        from pipelines.own_data import open_own_data
+
+        return open_own_data(config, workers)
+    return TfdsData(get_builder(config), config, workers)
+
+
+@dataclasses.dataclass
+class TfdsData:
+    """A prepared tfds dataset as `TrainingData`: its `data.train_split`,
+    `data.validation_split` and `data.test_split`."""
+
+    builder: object  # the prepared tfds builder
+    config: DataConfig
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        self.image_shape = image_shape(self.builder, self.config)
+
+    def split_name(self, split: str) -> str:
+        return {"train": self.config.train_split, "validation": self.config.validation_split,
+                "test": self.config.test_split}[split]
+
+    def count(self, split: str) -> int:
+        return num_examples(self.builder, self.split_name(split))
+
+    def num_classes(self) -> int:
+        return num_classes(self.builder)
+
+    def class_names(self) -> list[str] | None:
+        return class_names(self.builder)
+
+    def split_labels(self, split: str) -> np.ndarray:
+        return split_labels(self.builder, self.split_name(split))
+
+    def resolved(self, config: DataConfig) -> DataConfig:
+        return config
+
+    def record(self) -> dict | None:
+        return None
+
+    def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
+              labelled_per_batch: int | None = None) -> tf.data.Dataset:
+        """Held in memory when one worker trains and the split fits `data.in_memory_max_mb`
+        (`in_memory_training_dataset`), streamed otherwise (`training_dataset`)."""
+        split = self.split_name("train")
+        if self.count("train") < batch_size:
+            raise DataError(f"split {split!r} has fewer examples than one batch of {batch_size}")
+        options = dict(binarize=binarize, seed=seed, labelled=labelled, labelled_per_batch=labelled_per_batch)
+        if self.workers == 1 and in_memory_size_mb(self.builder, self.config, split) <= self.config.in_memory_max_mb:
+            return in_memory_training_dataset(self.builder, self.config, split, batch_size, **options)
+        return training_dataset(self.builder, self.config, split, batch_size, repeat=True, **options)
+
+    def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
+                   limit: int | None = None) -> tf.data.Dataset:
+        return evaluation_dataset(self.builder, self.config, self.split_name(split), batch_size,
+                                  binarize=binarize, seed=seed, limit=limit)
+
+
+# === A tfds dataset's pipelines ===
+def get_builder(config: DataConfig):
+    """The prepared tfds builder of `config`'s dataset (`pipelines.sources.datasets.prepared_builder`).
+
+    Raises:
+        DataError: the dataset is unknown, has no images, or cannot be prepared here.
+    """
+    return prepared_builder(config.source.dataset, config.source.data_dir, config.download)
 
 
 def image_shape(builder, config: DataConfig) -> tuple[int, int, int]:
@@ -134,21 +151,10 @@ def image_shape(builder, config: DataConfig) -> tuple[int, int, int]:
         height, width = config.image_size
     if height is None or width is None or channels is None:
         raise DataError(
-            f"dataset {config.dataset!r} has images of varying size "
+            f"dataset {config.source.dataset!r} has images of varying size "
             f"{builder.info.features['image'].shape}; set data.image_size=[H,W] to resize them"
         )
     return int(height), int(width), int(channels)
-
-
-def num_examples(builder, split: str) -> int:
-    """The number of examples of a tfds split expression such as `train[:10%]`."""
-    try:
-        return int(builder.info.splits[split].num_examples)
-    except (KeyError, ValueError) as err:
-        raise DataError(
-            f"split {split!r} is not in dataset {builder.info.name!r} "
-            f"(splits: {sorted(builder.info.splits.keys())}): {err}"
-        ) from None
 
 
 def _decode(config: DataConfig, shape):
@@ -162,40 +168,6 @@ def _decode(config: DataConfig, shape):
     return decode
 
 
-def _to_float(images):
-    """uint8 0..255 -> float32 0..1; float32 images (own data streamed) pass unchanged."""
-    if images.dtype == tf.float32:
-        return images
-    return tf.cast(images, tf.float32) / 255.0
-
-
-def _binarize(x, seed):
-    """A Bernoulli draw of each intensity in [0, 1], stateless: keyed by an int64 [2] seed."""
-    noise = tf.random.stateless_uniform(tf.shape(x), seed=seed)
-    return tf.cast(noise < x, tf.float32)
-
-
-def num_classes(builder) -> int:
-    """The number of classes of the dataset's `label` feature.
-
-    Raises:
-        DataError: the dataset has no class label (a conditional or M2 model needs one).
-    """
-    feature = builder.info.features["label"] if "label" in builder.info.features else None
-    if feature is None or not hasattr(feature, "num_classes"):
-        raise DataError(f"dataset {builder.info.name!r} has no class 'label' feature; a label-"
-                        f"conditioned or semi-supervised model needs one")
-    return int(feature.num_classes)
-
-
-def class_names(builder) -> list[str] | None:
-    """The names of the dataset's classes (its `label` feature's `names`), or None when it
-    has no named class label. A label-conditioned export carries them."""
-    feature = builder.info.features["label"] if "label" in builder.info.features else None
-    names = getattr(feature, "names", None)
-    return [str(name) for name in names] if names else None
-
-
 def dataset_class_names(config: DataConfig) -> list[str] | None:
     """`class_names` of `config.dataset` from its tfds builder's info, without preparing or
     reading the data; None when the builder cannot be made here (the export then numbers
@@ -203,9 +175,9 @@ def dataset_class_names(config: DataConfig) -> list[str] | None:
     if config.own:
         return list(config.class_names) if config.class_names else None
     try:
-        return class_names(tfds.builder(config.dataset, data_dir=config.data_dir))
+        return class_names(tfds.builder(config.source.dataset, data_dir=config.source.data_dir))
     except Exception as err:  # an unknown or unreadable dataset: the names are a nicety
-        log.warning("no class names for %r: %s", config.dataset, err)
+        log.warning("no class names for %r: %s", config.source.dataset, err)
         return None
 
 
@@ -247,81 +219,6 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
                             shuffle_buffer=config.shuffle_buffer, labelled_per_batch=labelled_per_batch)
 
 
-def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int, repeat: bool,
-                     shuffle_buffer: int, labelled_per_batch: int | None = None) -> tf.data.Dataset:
-    """(image, label) examples (uint8 or float32 images) -> shuffled batches of (images in
-    [0, 1], labels), each binarised anew with `binarize` (see `training_dataset`).
-
-    With `labelled_per_batch` L (`data.labelled_share`), the batches are repeated and each
-    holds L labelled examples (label >= 0; the small labelled set is cached in memory and
-    reshuffled on each of its passes) and `batch_size` - L unlabelled ones, rows mixed
-    (`_mix_rows`).
-    """
-    if labelled_per_batch is not None:
-        return _mixed_shuffled_batches(ds, batch_size, labelled_per_batch, binarize=binarize, seed=seed,
-                                       shuffle_buffer=shuffle_buffer)
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=repeat, num_parallel_calls=tf.data.AUTOTUNE)
-
-    # One random int64 per batch keys a stateless draw. `Dataset.random` gives a new
-    # sequence on each pass, so every epoch sees fresh binarisations (a stateful
-    # `tf.random.uniform` in `map` would repeat the first epoch's draws).
-    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-
-    def prepare(batch, key):
-        images, labels = batch
-        x = _to_float(images)
-        if binarize:
-            x = _binarize(x, tf.stack([key, tf.constant(seed, tf.int64)]))
-        return x, labels
-
-    ds = tf.data.Dataset.zip(ds, keys)
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def _batch_keys(seed: int, number) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two stateless keys of global batch `number`: the order of its rows, its binarisation."""
-    keys = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), number]), num=2)
-    return keys[0], keys[1]
-
-
-def _mix_rows(first, second, key):
-    """The rows of two batches (tensors, or tuples of them) concatenated and put in an order
-    drawn by `key`, so that every replica's slice of a global batch gets rows of both."""
-    rows = tf.nest.map_structure(lambda a, b: tf.concat([a, b], 0), first, second)
-    size = tf.shape(tf.nest.flatten(rows)[0])[0]
-    order = tf.argsort(tf.random.stateless_uniform([size], seed=key))
-    return tf.nest.map_structure(lambda t: tf.gather(t, order), rows)
-
-
-def _mixed_shuffled_batches(ds: tf.data.Dataset, batch_size: int, labelled_per_batch: int, *,
-                            binarize: bool, seed: int, shuffle_buffer: int) -> tf.data.Dataset:
-    """`shuffled_batches` of a fixed number of labelled examples per batch."""
-
-    def kind(keep, size: int, salt: int, cache: bool) -> tf.data.Dataset:
-        part = ds.filter(lambda image, label: keep(label))
-        if cache:
-            part = part.cache()
-        part = part.shuffle(shuffle_buffer, seed=seed + salt, reshuffle_each_iteration=True)
-        return part.repeat().batch(size, drop_remainder=True)
-
-    labelled = kind(lambda label: label >= 0, labelled_per_batch, 0, cache=True)
-    unlabelled = kind(lambda label: label < 0, batch_size - labelled_per_batch, 1, cache=False)
-
-    def prepare(first, second, number):
-        order_key, noise_key = _batch_keys(seed, number)
-        images, labels = _mix_rows(first, second, order_key)
-        x = _to_float(images)
-        if binarize:
-            x = _binarize(x, noise_key)
-        return x, labels
-
-    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
 def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
     """MB of the split's decoded uint8 images."""
     height, width, channels = image_shape(builder, config)
@@ -354,78 +251,6 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
                              labelled_per_batch=labelled_per_batch)
 
 
-def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: int,
-                      labelled_per_batch: int | None = None) -> tf.data.Dataset:
-    """Repeated batches gathered by index from images held in memory ((N, H, W, C) uint8 or
-    float32, (N,) int64 labels): a fresh permutation every epoch, fresh binarisations
-    (see `in_memory_training_dataset`).
-
-    With `labelled_per_batch` L (`data.labelled_share`), each batch holds L labelled
-    examples (label >= 0) and `batch_size` - L unlabelled ones: two endless streams of
-    indices, each a fresh permutation of its kind on every pass (the small labelled set
-    passes many times), the rows mixed (`_mix_rows`).
-    """
-    images = tf.convert_to_tensor(images)
-    labels = tf.convert_to_tensor(labels, tf.int64)
-    count = int(images.shape[0])
-    steps = count // batch_size
-    if steps < 1:
-        raise DataError(f"the training images ({count}) are fewer than one batch of {batch_size}")
-    if labelled_per_batch is not None:
-        return _in_memory_mixed_batches(images, labels, batch_size, labelled_per_batch,
-                                        binarize=binarize, seed=seed)
-    seed = tf.constant(seed, tf.int64)
-
-    def epoch_batches(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([count], seed=tf.stack([seed, epoch])))
-        index = tf.reshape(order[: steps * batch_size], (steps, batch_size))
-        numbers = epoch * steps + tf.range(steps, dtype=tf.int64)
-        return tf.data.Dataset.from_tensor_slices((index, numbers))
-
-    def gather(index, number):
-        x = _to_float(tf.gather(images, index))
-        if binarize:
-            x = _binarize(x, tf.stack([number, seed]))
-        return x, tf.gather(labels, index)
-
-    ds = tf.data.Dataset.counter().flat_map(epoch_batches)
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def _in_memory_mixed_batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, labelled_per_batch: int,
-                             *, binarize: bool, seed: int) -> tf.data.Dataset:
-    """`in_memory_batches` of a fixed number of labelled examples per batch."""
-    known = labels.numpy() >= 0
-    if known.all() or not known.any():
-        raise DataError(f"a fixed labelled share of each batch needs labelled and unlabelled training "
-                        f"images; these {len(known)} are all {'labelled' if known.any() else 'unlabelled'}")
-
-    def passes(indices: np.ndarray, salt: int) -> tf.data.Dataset:
-        """`indices` without end, in a fresh order (keyed by the seed and the pass) each pass."""
-        indices = tf.constant(indices, tf.int64)
-
-        def one_pass(number):
-            key = tf.stack([tf.constant(seed, tf.int64), 2 * number + salt])
-            order = tf.argsort(tf.random.stateless_uniform(tf.shape(indices), seed=key))
-            return tf.data.Dataset.from_tensor_slices(tf.gather(indices, order))
-
-        return tf.data.Dataset.counter().flat_map(one_pass)
-
-    labelled = passes(np.flatnonzero(known), 0).batch(labelled_per_batch, drop_remainder=True)
-    unlabelled = passes(np.flatnonzero(~known), 1).batch(batch_size - labelled_per_batch, drop_remainder=True)
-
-    def gather(first, second, number):
-        order_key, noise_key = _batch_keys(seed, number)
-        index = _mix_rows(first, second, order_key)
-        x = _to_float(tf.gather(images, index))
-        if binarize:
-            x = _binarize(x, noise_key)
-        return x, tf.gather(labels, index)
-
-    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
-    return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
 def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
                        seed: int, limit: int | None = None) -> tf.data.Dataset:
     """Batches of (images, labels) in a fixed order; binarised once, the same way on
@@ -439,18 +264,3 @@ def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int,
     return fixed_batches(ds, batch_size, binarize=binarize, seed=seed, cache=config.cache)
 
 
-def fixed_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int,
-                  cache: bool) -> tf.data.Dataset:
-    """(image, label) examples -> batches in their order, binarised once by (seed, index)."""
-
-    def prepare(index, example):
-        image, label = example
-        x = _to_float(image)
-        if binarize:
-            x = _binarize(x, tf.stack([tf.cast(seed, tf.int64), index]))
-        return x, label
-
-    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-        ds = ds.cache()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

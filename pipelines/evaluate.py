@@ -162,7 +162,7 @@ def evaluate(vae, dataset: tf.data.Dataset, *, iwae_k: int, batch_size: int, see
         "iwae_k": iwae_k,
         "kl_per_unit": [float(v) for v in kl_per_unit],
         "active_units": int(np.sum(kl_per_unit > ACTIVE_UNIT_THRESHOLD)),
-        **layer_units(kl_per_unit, getattr(vae, "latent_layers", ())),
+        **layer_units(kl_per_unit, vae.latent_layers),
         "eval_examples": count,
         "eval_seconds": time.perf_counter() - start,
         "eval_plan": {"batch_size": plan.batch_size, "chunk_size": plan.chunk_size,

@@ -1,11 +1,11 @@
-"""The user's own images as a training run's data: a folder of images, .npy or TFRecord
-files (`pipelines.sources`, the layer `vae encode` reads them with), split, labelled,
-fingerprinted and fed as tf.data pipelines.
+"""The user's own images as a training run's data (`pipelines.data.TrainingData`): a folder
+of images, .npy or TFRecord files (`pipelines.sources`, the layer `vae encode` reads them
+with), split, labelled, fingerprinted and fed as tf.data pipelines.
 
 Opening reads every input once: that checks each one (an undecodable or wrongly shaped
 input stops the run naming it, or with `data.skip_bad` is skipped and listed), hashes
 the files' contents and, for a source that fits `data.in_memory_max_mb`, keeps the
-images as one uint8 array (the fast path of `pipelines.data.in_memory_batches`). A
+images as one uint8 array (the fast path of `pipelines.batches.in_memory_batches`). A
 larger source streams from its files on every epoch through a shuffle buffer.
 
 Own data has no splits: the validation and test images are drawn by `data.split_seed`
@@ -24,15 +24,15 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from pipelines import data
+from pipelines import batches, data
 from pipelines.config import DataConfig
+from pipelines.data import SPLITS
 from pipelines.sources import SourceError, open_source
 from pipelines.sources.base import Source
 from pipelines.sources.images import shape_text
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 READ_BATCH = 256  # inputs per read of the source
 
 
@@ -75,7 +75,7 @@ def target_shape(source: Source, config: DataConfig) -> tuple[int, int, int]:
     """(H, W, C) of the model: `image_size` and `channels` where set, else the first input's."""
     first = source.first_shape()
     if first is None and (config.image_size is None or config.channels is None):
-        raise SourceError(f"the size of the {config.source} inputs cannot be told from the first one "
+        raise SourceError(f"the size of the {config.source.kind} inputs cannot be told from the first one "
                           f"(raw pixels?); pass --image-size HxW and --channels")
     height, width = config.image_size or first[:2]
     channels = config.channels or first[2]
@@ -86,10 +86,10 @@ def target_shape(source: Source, config: DataConfig) -> tuple[int, int, int]:
 
 @dataclasses.dataclass
 class OwnData:
-    """Own data, opened and checked: its shape, labels, splits and record.
+    """Own data, opened and checked, as `pipelines.data.TrainingData`: its shape, labels,
+    splits and record.
 
-    Use `open_own_data(config, workers)`; then `train`, `evaluation` and `images` give
-    the pipelines.
+    Use `open_own_data(config, workers)`; then `train` and `evaluation` give the pipelines.
     """
 
     config: DataConfig
@@ -116,7 +116,7 @@ class OwnData:
             return len(self.source.class_names)
         if not self.has_labels:
             raise data.DataError(
-                f"the {self.config.source} inputs carry no labels, and a label-conditioned or "
+                f"the {self.config.source.kind} inputs carry no labels, and a label-conditioned or "
                 f"semi-supervised model needs them: put the images of each class in a subfolder "
                 f"of --images, name a TFRecord --label-feature, or pass --labels FILE.npy")
         return int(self.labels.max()) + 1
@@ -127,19 +127,34 @@ class OwnData:
     def count(self, split: str) -> int:
         return len(self.splits[split])
 
+    def split_name(self, split: str) -> str:
+        return split
+
     def split_labels(self, split: str = "train") -> np.ndarray:
-        """The labels of a split's images in its order (the indices of `labelled`)."""
+        """The labels of a split's images in its order (the indices of `labelled`).
+
+        Raises:
+            DataError: the inputs carry no labels (`num_classes`).
+        """
+        self.num_classes()
         return self.labels[self.splits[split]]
 
     def fingerprint(self) -> str:
         return fingerprint(self.files)
+
+    def resolved(self, config: DataConfig) -> DataConfig:
+        """`config` with the class names a run records (the export carries them) and the
+        hash of the files (a resume with changed files is refused)."""
+        names = self.class_names()
+        return dataclasses.replace(config, class_names=tuple(names) if names else None,
+                                   fingerprint=self.fingerprint())
 
     def record(self) -> dict:
         """What the workdir's `source.json` holds: the source, every file with its size and
         hash, the classes, the skipped inputs and the positions of each split."""
         return {
             "source": self.source.describe(),
-            "labels_file": self.config.labels_file,
+            "labels_file": self.config.source.labels_file,
             "image_shape": list(self.image_shape),
             "num_inputs": len(self.source),
             "class_names": self.class_names(),
@@ -169,10 +184,10 @@ class OwnData:
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec((), tf.int64)))
 
     def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
-              shuffle_buffer: int = 60_000, labelled_per_batch: int | None = None) -> tf.data.Dataset:
+              labelled_per_batch: int | None = None) -> tf.data.Dataset:
         """Repeated shuffled batches of the training split; `labelled` (a mask over the
         split's images) leaves the label of the others -1; `labelled_per_batch` puts that
-        many labelled images in every batch (`data.in_memory_batches`, `data.shuffled_batches`)."""
+        many labelled images in every batch (`batches.in_memory_batches`, `batches.shuffled_batches`)."""
         positions = self.splits["train"]
         labels = self.labels[positions]
         if labelled is not None:
@@ -181,10 +196,10 @@ class OwnData:
             raise data.DataError(f"the training split holds {len(positions)} images, fewer than one "
                                  f"batch of {batch_size}; lower --batch-size")
         if self.images is not None:
-            return data.in_memory_batches(self.images[positions], labels, batch_size, binarize=binarize,
+            return batches.in_memory_batches(self.images[positions], labels, batch_size, binarize=binarize,
                                           seed=seed, labelled_per_batch=labelled_per_batch)
-        return data.shuffled_batches(self._examples(positions, labels), batch_size, binarize=binarize,
-                                     seed=seed, repeat=True, shuffle_buffer=min(shuffle_buffer, len(positions)),
+        return batches.shuffled_batches(self._examples(positions, labels), batch_size, binarize=binarize,
+                                     seed=seed, repeat=True, shuffle_buffer=min(self.config.shuffle_buffer, len(positions)),
                                      labelled_per_batch=labelled_per_batch)
 
     def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
@@ -196,7 +211,7 @@ class OwnData:
             ds = tf.data.Dataset.from_tensor_slices((self.images[positions], labels))
         else:
             ds = self._examples(positions, labels)
-        return data.fixed_batches(ds, batch_size, binarize=binarize, seed=seed, cache=self.config.cache)
+        return batches.fixed_batches(ds, batch_size, binarize=binarize, seed=seed, cache=self.config.cache)
 
 
 def open_own_data(config: DataConfig, workers: int = 1) -> OwnData:
@@ -215,7 +230,7 @@ def open_own_data(config: DataConfig, workers: int = 1) -> OwnData:
         source.pixels = math.prod(shape)
     count = len(source)
     if count == 0:
-        raise SourceError(f"the {config.source} input {', '.join(config.paths)} holds no images")
+        raise SourceError(f"the {spec.kind} input {', '.join(spec.paths)} holds no images")
     in_memory = workers == 1 and count * math.prod(shape) / 2**20 <= config.in_memory_max_mb
     images = np.zeros((count, *shape), np.uint8) if in_memory else None
     labels = np.full(count, -1, np.int64)
@@ -223,7 +238,7 @@ def open_own_data(config: DataConfig, workers: int = 1) -> OwnData:
     skipped = list(source.problems)
     for batch in source.batches(0, count, READ_BATCH):
         for bad in batch.bad:
-            if not config.skip_bad:
+            if not spec.skip_bad:
                 raise SourceError(f"bad input {bad['id']}: {bad['reason']} (pass --skip-bad to train "
                                   f"without it; it is then listed in the workdir's source.json)")
             good[bad["index"]] = False
@@ -240,7 +255,7 @@ def open_own_data(config: DataConfig, workers: int = 1) -> OwnData:
     for name, positions in splits.items():
         if not len(positions):
             raise SourceError(f"the {name} split is empty once the bad inputs are skipped")
-    files = file_hashes(source.input_files() + ([config.labels_file] if config.labels_file else []))
+    files = file_hashes(source.input_files() + ([spec.labels_file] if spec.labels_file else []))
     own = OwnData(config, source, shape, labels, good, splits, skipped, files, images)
     log.info("%s: %d inputs of %s (%d skipped), %d train / %d validation / %d test, %s%s",
              config.name, count, shape_text(shape), len(skipped), *(own.count(s) for s in SPLITS),

@@ -125,6 +125,8 @@ def prepare(workdir: Path, config, overwrite: bool, source: dict | None = None) 
     if (workdir / CHECKPOINT_DIR).exists() or (workdir / MODEL_FILE).exists():
         _refuse_changed_files(workdir, source)
         recorded = read_json(workdir / CONFIG_FILE, default=None)
+        if recorded is not None:  # as today's code spells it (fields moved since are mapped)
+            recorded = type(config).from_dict(recorded).to_dict()
         changed = recorded is not None and differences(recorded, config.to_dict(), RESUMABLE_CHANGES)
         if changed:
             raise WorkdirError(

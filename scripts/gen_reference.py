@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,18 +187,31 @@ def config_page() -> str:
              "kinds (`model.kind`) a field is documented to apply to.", ""]
     for section in dataclasses.fields(RunConfig):
         cls = section.default_factory
-        defaults, hints, meanings = cls(), typing.get_type_hints(cls), docstring_args(cls)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         lines += [f"## {section.name} (`{cls.__module__}.{cls.__name__}`)", "", summary, "",
                   "| field | type | default | kinds | meaning |", "| --- | --- | --- | --- | --- |"]
-        for field in dataclasses.fields(cls):
-            value = getattr(defaults, field.name)
-            shown = json.dumps(list(value) if isinstance(value, tuple) else value)
-            meaning = meanings.get(field.name, "")
-            lines.append(f"| `{section.name}.{field.name}` | `{_cell(_type_name(hints[field.name]))}` | "
-                         f"`{_cell(shown)}` | {kinds_of(meaning)} | {_cell(meaning)} |")
+        lines += _config_rows(section.name, cls())
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _config_rows(path: str, defaults, kind: str | None = None) -> list[str]:
+    """The table rows of a config's fields as config.json spells them (DataConfig's source
+    fields flat, `_field_names`); a section inside it (`model.density`) row by row too, and
+    a section named after a model kind (`model.m2`) applies to that kind."""
+    from core.config import ConfigBase
+    from model.kinds import REGISTRY
+
+    cls = type(defaults)
+    values, hints, meanings, rows = defaults.to_dict(), cls._hints(), docstring_args(cls), []
+    for name in cls._field_names():
+        if isinstance(hints[name], type) and issubclass(hints[name], ConfigBase):
+            rows += _config_rows(f"{path}.{name}", getattr(defaults, name), name if name in REGISTRY else None)
+            continue
+        meaning = meanings.get(name, "")
+        rows.append(f"| `{path}.{name}` | `{_cell(_type_name(hints[name]))}` | "
+                    f"`{_cell(json.dumps(values[name]))}` | {kind or kinds_of(meaning)} | {_cell(meaning)} |")
+    return rows
 
 
 def pages() -> dict[Path, str]:

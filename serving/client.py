@@ -245,8 +245,9 @@ class VAEClient:
 
     def num_classes(self) -> int | None:
         """K of the served model when its signatures show it (the width of `classify`'s
-        probabilities), else None (class names and K travel in the export's
-        `assets.extra/serving_contract.json`, which TF Serving's metadata does not carry)."""
+        probabilities), else None (class names and K travel in the export's description,
+        `assets.extra/serving_contract.json` (`serving.description`), which TF Serving's
+        metadata does not carry)."""
         signature = self.metadata()["signatures"].get(C.CLASSIFY)
         if signature is None or C.PROBABILITIES not in signature["outputs"]:
             return None

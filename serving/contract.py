@@ -88,7 +88,7 @@ LABEL_KIND: Final = "label_cvae"  # a CVAE conditioned on the class label
 HALF_KIND: Final = "half_cvae"  # a CVAE conditioned on an observed half of the image
 M2_KIND: Final = "m2"  # the semi-supervised M2 (a label CVAE with a classifier)
 LABEL_KINDS: Final = (LABEL_KIND, M2_KIND)  # kinds whose signatures take `labels`
-# Fields of serving_contract.json that the server reads.
+# Fields of serving_contract.json beyond those of every version (`serving/description.py`).
 CONTRACT_KIND_FIELD: Final = "kind"
 CONTRACT_CONDITION_FIELD: Final = "condition"
 NUM_CLASSES_FIELD: Final = "num_classes"
@@ -275,13 +275,6 @@ def kind_of_features(takes_labels: bool, classifies: bool, completes: bool) -> s
         raise ValueError(f"no served kind takes_labels={features[0]}, classifies={features[1]}, "
                          f"completes={features[2]}")
     return _KIND_OF_FEATURES[features]
-
-
-def serving_kind(kind: str, condition: str | None) -> str:
-    """The served kind of a model of `model.kind` `kind` conditioned on `condition`
-    (None, "label" or a half), for the command line's listing of the signatures; an
-    export reads its kind from the model object (`kind_of_features`)."""
-    return kind_of_features(condition == "label", kind == "m2", condition not in (None, "label"))
 
 
 def signatures_for(kind: str) -> dict[str, SignatureSpec]:

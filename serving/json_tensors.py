@@ -23,14 +23,9 @@ import numpy as np
 import orjson
 from tensorflow.core.framework import types_pb2
 
+from serving.dtypes import NUMPY_OF_DTYPE as _NUMPY
 from serving.errors import invalid
 
-_NUMPY = {
-    types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_HALF: np.float16,
-    types_pb2.DT_INT8: np.int8, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT32: np.int32,
-    types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT8: np.uint8, types_pb2.DT_UINT16: np.uint16,
-    types_pb2.DT_UINT32: np.uint32, types_pb2.DT_UINT64: np.uint64, types_pb2.DT_BOOL: np.bool_,
-}
 _FLOATS = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF)
 _MAX_SHOWN = 200  # characters of a JSON value quoted in an error message
 BYTES_SUFFIX = "_bytes"  # output tensors written as {"b64": ...}

@@ -16,19 +16,16 @@ import os
 import posixpath
 from pathlib import Path
 
+from core.files import is_remote
 from serving import contract as C
 from serving.errors import ExportError
 
 SERVE_TAG = "serve"  # tf.saved_model.SERVING, the MetaGraph tag TF Serving loads
 
 
-def _is_url(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
-
-
 def join(base: str | os.PathLike, *names: str) -> str:
     """Joins a local path or a URL (gs://...) that tf.io.gfile reads."""
-    return posixpath.join(str(base), *names) if _is_url(base) else os.path.join(base, *names)
+    return posixpath.join(str(base), *names) if is_remote(base) else os.path.join(base, *names)
 
 
 def list_versions(base: str | os.PathLike) -> list[int]:
@@ -41,7 +38,7 @@ def list_versions(base: str | os.PathLike) -> list[int]:
         The version numbers; empty when `base` does not exist. Files with integer names
         and hidden staging folders are not versions.
     """
-    if _is_url(base):
+    if is_remote(base):
         import tensorflow as tf
 
         if not tf.io.gfile.isdir(str(base)):
@@ -56,7 +53,7 @@ def list_versions(base: str | os.PathLike) -> list[int]:
 
 
 def _read_bytes(path: str) -> bytes:
-    if not _is_url(path):
+    if not is_remote(path):
         return Path(path).read_bytes()
     import tensorflow as tf
 

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
 from serving.errors import RequestError, invalid
 from serving.layout import list_versions
+from serving.poller import Poller
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -71,29 +72,17 @@ class ModelManager:
         self.specific_versions: frozenset[int] | None = None  # set_version_policy
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()  # one look at the file system at a time
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self.poll_once, poll_seconds, "version-poller", log, f"polling {self.base_path} failed")
         self._warned_empty = False
 
     # === Life cycle ===
     def start(self) -> None:
         """Loads the current versions, then polls in a background thread."""
         self.poll_once()
-        if self.poll_seconds > 0:
-            self._thread = threading.Thread(target=self._poll_loop, name="version-poller", daemon=True)
-            self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.poll_once()
-            except Exception:  # a bad folder must not stop the poller
-                log.exception("polling %s failed", self.base_path)
+        self._poller.stop()
 
     def set_version_policy(self, num_versions: int = 0, versions: Iterable[int] | None = None) -> None:
         """Changes which versions are served and applies it now: the newest `num_versions`
@@ -120,7 +109,7 @@ class ModelManager:
         aspired = self._aspired(on_disk)
         for version in reversed(aspired):  # newest first
             if version not in self._servables and self._failures.get(version, 0) < self.max_load_attempts:
-                if self._stop.is_set():
+                if self._poller.stopped:
                     return
                 self._load(version)
         if any(v in self._servables for v in aspired):

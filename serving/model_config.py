@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 
 from core.config import ConfigBase, ConfigError, require, require_choice
+from core.files import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,8 @@ class ModelServerConfig(ConfigBase):
                 )
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _is_dir(path: str) -> bool:
-    if not _is_url(path):
+    if not is_remote(path):
         return os.path.isdir(path)
     import tensorflow as tf
 
@@ -135,7 +132,7 @@ def _is_dir(path: str) -> bool:
 
 def _resolve(base_path: str, folder: Path) -> str:
     """A relative base path against the config file's folder; absolute paths and URLs as they are."""
-    if _is_url(base_path) or os.path.isabs(base_path):
+    if is_remote(base_path) or os.path.isabs(base_path):
         return base_path
     return os.path.normpath(os.path.join(folder, base_path))
 

@@ -36,6 +36,7 @@ from serving.model_config import (
     ModelServerConfig,
     load_model_config,
 )
+from serving.poller import Poller
 from serving.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ class ModelRegistry:
         self._health_lock = threading.Lock()
         self._healthy = False
         self._last_error = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self.reload, config_poll_seconds, "model-config-poller", log, f"reloading {config_file} failed")
 
     # === Life cycle ===
     def start(self) -> None:
@@ -98,25 +98,14 @@ class ModelRegistry:
         config = startup_config(self.config_file, self.allow_unavailable_labels)
         with self._reload_lock:
             self._apply(config)
-        if self.config_poll_seconds > 0:
-            self._thread = threading.Thread(target=self._poll_loop, name="model-config-poller", daemon=True)
-            self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
         """Stops the config poller and every model's version poller (loaded versions stay
         until the registry is dropped, so requests in flight finish)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._poller.stop()
         for manager in self._snapshot.managers.values():
             manager.stop()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.config_poll_seconds):
-            try:
-                self.reload()
-            except Exception:  # a bad reload must not stop the poller
-                log.exception("reloading %s failed", self.config_file)
 
     def reload(self) -> bool:
         """Reads the file again and applies it if it changed (ServerCore::ReloadConfig).
@@ -126,7 +115,7 @@ class ModelRegistry:
             refused (the reason is logged and the running config stays).
         """
         with self._reload_lock:
-            if self._stop.is_set():
+            if self._poller.stopped:
                 return False
             try:
                 config = load_model_config(self.config_file)
@@ -155,7 +144,7 @@ class ModelRegistry:
                 available; the running config stays.
         """
         with self._reload_lock:
-            if self._stop.is_set():
+            if self._poller.stopped:
                 raise ConfigError("the server is stopping")
             if not config.is_set:
                 log.info("%s sets no config: taking no action (as TF Serving)", config.path)

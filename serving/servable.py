@@ -7,7 +7,6 @@ TF Serving's `predict_util.cc` (same gRPC codes, messages saying what was expect
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from serving import contract as C
-from serving.errors import RequestError, invalid, status_code_of, tf_error_message
+from serving.description import ExportDescription
+from serving.errors import ExportError, RequestError, invalid, status_code_of, tf_error_message
 from serving.layout import SERVE_TAG, read_signature_defs
 from serving.tensors import dtype_name, from_tensor_proto, shape_of
 
@@ -101,8 +101,7 @@ class Servable:
         self.signature_defs = read_signature_defs(self.path)
         self.description = _read_description(self.path)
         # K of a label-conditioned model (its labels are checked before running), or None.
-        self.num_classes: int | None = self.description.get(C.NUM_CLASSES_FIELD)
-        self.class_names: list[str] | None = self.description.get(C.CLASS_NAMES_FIELD)
+        self.num_classes: int | None = self.description.num_classes if self.description else None
         self._loaded = tf.saved_model.load(str(self.path), tags=[SERVE_TAG])
         self.signatures: dict[str, Signature] = {}
         for key, function in self._loaded.signatures.items():
@@ -176,14 +175,14 @@ class Servable:
         return count
 
 
-def _read_description(path: Path) -> dict:
-    """`assets.extra/serving_contract.json` of a version ({} if missing or unreadable: the
-    in-graph checks still hold)."""
+def _read_description(path: Path) -> ExportDescription | None:
+    """The version's description (None if it has none or it is unreadable: the in-graph
+    checks still hold)."""
     try:
-        description = json.loads((path / C.ASSETS_EXTRA / C.CONTRACT_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return description if isinstance(description, dict) else {}
+        return ExportDescription.read(path)
+    except ExportError as err:
+        log.warning("serving %s without its description: %s", path, err)
+        return None
 
 
 def _shape(proto) -> tuple[int, ...] | None:

@@ -13,30 +13,15 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from serving.contract import MAX_MESSAGE_BYTES
-
-_NUMPY_TO_DTYPE: dict[np.dtype, int] = {
-    np.dtype(np.float32): types_pb2.DT_FLOAT,
-    np.dtype(np.float64): types_pb2.DT_DOUBLE,
-    np.dtype(np.float16): types_pb2.DT_HALF,
-    np.dtype(np.int8): types_pb2.DT_INT8,
-    np.dtype(np.int16): types_pb2.DT_INT16,
-    np.dtype(np.int32): types_pb2.DT_INT32,
-    np.dtype(np.int64): types_pb2.DT_INT64,
-    np.dtype(np.uint8): types_pb2.DT_UINT8,
-    np.dtype(np.uint16): types_pb2.DT_UINT16,
-    np.dtype(np.uint32): types_pb2.DT_UINT32,
-    np.dtype(np.uint64): types_pb2.DT_UINT64,
-    np.dtype(np.bool_): types_pb2.DT_BOOL,
-}
-_DTYPE_TO_NUMPY = {v: k for k, v in _NUMPY_TO_DTYPE.items()}
+from serving.dtypes import DTYPE_OF_NUMPY, NUMPY_OF_DTYPE
 
 
 def dtype_enum(dtype: str | np.dtype) -> int:
     """The `DataType` enum of a numpy dtype (or dtype name)."""
     np_dtype = np.dtype(dtype)
-    if np_dtype not in _NUMPY_TO_DTYPE:
+    if np_dtype not in DTYPE_OF_NUMPY:
         raise TypeError(f"dtype {np_dtype} has no TensorProto fast path")
-    return _NUMPY_TO_DTYPE[np_dtype]
+    return DTYPE_OF_NUMPY[np_dtype]
 
 
 def dtype_name(enum: int) -> str:
@@ -101,7 +86,7 @@ def from_tensor_proto(
         raise ValueError("tensor has an unknown rank")
     if any(size < 0 for size in shape):
         raise ValueError(f"tensor shape {list(shape)} has a negative size")
-    np_dtype = _DTYPE_TO_NUMPY.get(proto.dtype)
+    np_dtype = NUMPY_OF_DTYPE.get(proto.dtype)
     count = math.prod(shape)
     content = proto.tensor_content  # each read copies the bytes out of the message: read once
     if np_dtype is not None and content:

@@ -15,10 +15,9 @@ def tfds_dir(tmp_path_factory):
 
     Also exported as TFDS_DATA_DIR, so subprocesses (the CLI, the README command) use it.
     """
-    from pipelines.config import DataConfig
-    from pipelines.data import get_builder
+    from pipelines.sources.datasets import prepared_builder
 
     path = os.environ.get("VAE_TEST_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
-    get_builder(DataConfig(dataset="fashion_mnist", data_dir=path))
+    prepared_builder("fashion_mnist", path)
     os.environ["TFDS_DATA_DIR"] = path
     return path

@@ -28,3 +28,13 @@ def assert_save_load_round_trip(obj, inputs, tmp_path) -> None:
     actual = loaded(inputs)
     for e, a in zip(keras.tree.flatten(expected), keras.tree.flatten(actual)):
         np.testing.assert_array_equal(np.asarray(e), np.asarray(a))
+
+
+def with_density(base: dict, **density) -> dict:
+    """`ModelConfig` keyword arguments `base` with these options set in its `density`
+    section (`model.config.DensityConfig`), the others kept."""
+    import dataclasses
+
+    from model.config import DensityConfig
+
+    return dict(base, density=dataclasses.replace(base.get("density", DensityConfig()), **density))

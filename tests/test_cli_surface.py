@@ -298,7 +298,7 @@ def test_the_default_validation_images_are_training_images_not_test_images(tfds_
 
     from pipelines import data as D
 
-    config = DataConfig(data_dir=tfds_dir)
+    config = DataConfig.from_dict({"data_dir": tfds_dir})
     builder = D.get_builder(config)
 
     def ids(split: str) -> set[str]:

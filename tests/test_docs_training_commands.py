@@ -25,7 +25,7 @@ CUT = ["train.epochs=1", "train.steps_per_epoch=2", "train.eval_examples=100", "
 # Inputs from outside this machine: a dataset that needs the network to be prepared.
 NEEDS_NETWORK = {"--download", "mnist"}
 IMAGES = 300
-OVERRIDE = re.compile(r"^(model|data|train)\.\w+=")
+OVERRIDE = re.compile(r"^(model|data|train)(\.\w+)+=")
 
 
 def training_commands() -> list[tuple[str, list[str]]]:

@@ -1,8 +1,9 @@
 """Offline batch encoding: every input image to its latent code, from an exported model.
 
     from pipelines.encode import EncodeConfig, encode
-    manifest = encode(EncodeConfig(model="exports/vae", out="codes/test", input_kind="tfds",
-                                   dataset="fashion_mnist", split="test"))
+    from pipelines.sources import SourceSpec
+    manifest = encode(EncodeConfig(model="exports/vae", out="codes/test",
+                                   source=SourceSpec(kind="tfds", dataset="fashion_mnist", split="test")))
 
 The export's `encode` (and `log_likelihood`, `reconstruct`) signatures are loaded and
 called; nothing here imports `model/` or Keras. Modules: `config` (the job), `signatures`

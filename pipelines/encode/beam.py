@@ -67,7 +67,7 @@ class EncodeShard(beam.DoFn):
         tables, skipped = [], []
         for batch in self._source.batches(start, stop, self._config.batch_size):
             for bad in batch.bad:
-                if not self._config.skip_bad:
+                if not self._config.source.skip_bad:
                     raise bad_input_error(bad)
                 Metrics.counter("bad_inputs").inc()
                 skipped.append(output.skipped_entry(bad))

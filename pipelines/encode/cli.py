@@ -27,8 +27,9 @@ Examples:
 def register(subparsers) -> None:
     """Adds `encode` to an argparse subparsers object; its func returns an exit code."""
     from core.cli import add_old_spelling
-    from pipelines.encode.config import DEFAULT_ROWS_PER_SHARD, EncodeConfig
+    from pipelines.encode.config import DEFAULT_ROWS_PER_SHARD
     from pipelines.sources.cli import add_input_flags
+    from pipelines.sources.spec import SourceSpec
     from serving.contract import MAX_BATCH
 
     p = subparsers.add_parser(
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
                          help="output folder of the shards and _manifest.json (local or gs://...)")
     add_old_spelling(p, out, "--out")
 
-    add_input_flags(p, required=True, training=False, defaults=EncodeConfig)
+    add_input_flags(p, required=True, training=False, defaults=SourceSpec)
 
     written = p.add_argument_group("output")
     written.add_argument("--format", choices=["parquet", "tfrecord"], default="parquet",
@@ -79,7 +80,8 @@ def register(subparsers) -> None:
 def config_from_args(args):
     """The EncodeConfig of parsed `vae encode` arguments."""
     from pipelines.encode import EncodeConfig, EncodeError
-    from pipelines.sources.cli import check_input_flags, input_kind
+    from pipelines.sources.cli import source_fields
+    from pipelines.sources.spec import SourceSpec
 
     beam_args = [f"--{o}" if not o.startswith("--") else o for o in args.beam_option] + list(args.beam_args)
     if any("=" not in o for o in args.beam_option):
@@ -88,16 +90,11 @@ def config_from_args(args):
         raise EncodeError(f"Beam flags {beam_args} need --runner beam")
     if any(not a.startswith("-") for a in args.beam_args):
         raise EncodeError(f"unexpected arguments {args.beam_args}: Beam flags go after -- and start with --")
-    check_input_flags(args, EncodeError)
-    kind, paths = input_kind(args)
+    source = SourceSpec(**{"data_dir": os.environ.get("TFDS_DATA_DIR"), **source_fields(args, EncodeError)})
     return EncodeConfig(
-        model=args.model_base_path, out=args.output_dir, input_kind=kind,
-        dataset=args.dataset, split=args.split, data_dir=args.data_dir or os.environ.get("TFDS_DATA_DIR"),
-        paths=paths, image_feature=args.image_feature or "image",
-        label_feature="label" if args.label_feature is None else (args.label_feature or None),
-        id_feature=args.id_feature, labels_file=args.labels_file, resize=bool(args.resize),
+        model=args.model_base_path, out=args.output_dir, source=source,
         output_format=args.format, log_likelihood=args.log_likelihood,
-        reconstruction_error=args.reconstruction_error, skip_bad=bool(args.skip_bad),
+        reconstruction_error=args.reconstruction_error,
         overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
         batch_size=args.batch_size, runner=args.runner, beam_args=tuple(beam_args),
         progress=not args.no_progress,

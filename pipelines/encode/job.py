@@ -10,6 +10,7 @@ import time
 
 import tensorflow as tf
 
+from core.files import is_remote
 from pipelines.encode import output
 from pipelines.encode.config import EncodeConfig, EncodeError
 from pipelines.encode.signatures import Encoder, describe_export, needed_signatures, output_keys
@@ -72,7 +73,7 @@ def encode(config: EncodeConfig) -> dict:
             `skip_bad`. The message names the input, file or flag.
     """
     started = time.monotonic()
-    out = config.out if "://" in config.out else os.path.abspath(config.out)
+    out = config.out if is_remote(config.out) else os.path.abspath(config.out)
     info = describe_export(config.model, needed_signatures(config.log_likelihood, config.reconstruction_error))
     columns = output_keys(config.log_likelihood, config.reconstruction_error, info.num_classes is not None)
     encoder = None
@@ -82,7 +83,7 @@ def encode(config: EncodeConfig) -> dict:
                                 info=info)
         loader.shutdown(wait=False)
     try:
-        source = open_source(config.source_spec(), info.image_shape)
+        source = open_source(config.source, info.image_shape)
     except SourceError as err:
         raise EncodeError(str(err)) from None
     identity = {"model": {"path": info.path, "version": info.version}, "input": source.identity(),
@@ -115,7 +116,7 @@ def encode(config: EncodeConfig) -> dict:
         "input": source.describe(),
         "format": config.output_format,
         "columns": [{"name": f.name, "type": str(f.type)} for f in table_schema],
-        "options": {"resize": config.resize, "skip_bad": config.skip_bad,
+        "options": {"resize": config.source.resize, "skip_bad": config.source.skip_bad,
                     "log_likelihood": config.log_likelihood,
                     "reconstruction_error": config.reconstruction_error,
                     "rows_per_shard": config.rows_per_shard, "batch_size": config.batch_size},

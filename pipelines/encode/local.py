@@ -204,7 +204,7 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
         shards an earlier run had finished.
 
     Raises:
-        EncodeError: a bad input without `config.skip_bad` (the shards before it are written).
+        EncodeError: a bad input without `config.source.skip_bad` (the shards before it are written).
     """
     plan = output.ShardPlan.of(config, len(source), state)
     records = dict(plan.finished)
@@ -249,7 +249,7 @@ def run_local(config: EncodeConfig, source: Source, state: output.JobState,
                 in_flight.append((None, item))
                 continue
             batch, images = item
-            if batch.bad and not config.skip_bad:
+            if batch.bad and not config.source.skip_bad:
                 bad = batch.bad[0]
                 before, _ = batch.split(bad["index"])  # the rows before it are written
                 while in_flight:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import posixpath
 import re
 import uuid
 
@@ -30,6 +29,7 @@ import tensorflow as tf
 from core import files
 from pipelines.encode.signatures import PREDICTED_LABEL, RECONSTRUCTION_ERROR
 from serving import contract as C
+from serving.layout import join
 
 ID, INDEX, LABEL = "id", "index", "label"
 MANIFEST_FILE = "_manifest.json"
@@ -42,10 +42,6 @@ MANIFEST_VERSION = 1
 EXTENSIONS = {"parquet": "parquet", "tfrecord": "tfrecord"}
 SHARD_RE = re.compile(r"part-\d{5}-of-\d{5}\.(parquet|tfrecord)$")
 PREFIX = "part"  # Beam's file_path_prefix too: part-SSSSS-of-NNNNN.<ext>
-
-
-def join(*parts: str) -> str:
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
 
 
 def shard_name(index: int, count: int, output_format: str) -> str:

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from core.files import read_json
+from core.files import is_remote, read_json
 from pipelines.encode.config import EncodeError
 from pipelines.encode.loading import load_signatures
 from serving import contract as C, layout
+from serving.description import ExportDescription
 from serving.errors import ExportError
 from serving.layout import join, list_versions
 
@@ -34,12 +35,14 @@ class ExportInfo:
 
     Args:
         path: the version folder holding `saved_model.pb`.
-        model_name: the served name (from `serving_contract.json`, else the parent folder).
+        model_name: the served name (from the export's description, `serving_contract.json`,
+            else the parent folder).
         version: the integer version folder name, or None for a folder named otherwise.
         image_shape: (H, W, C) of the `encode` signature's `images` input.
         latent_dim: D, the width of `z_mean` and `z_log_var`.
-        num_classes: K of an export with a `classify` signature (M2), else None: such an
-            export's rows also get the class probabilities and the predicted label.
+        num_classes: K of an export with a `classify` signature (M2), from its description,
+            else None: such an export's rows also get the class probabilities and the
+            predicted label.
     """
 
     path: str
@@ -67,7 +70,7 @@ def resolve_version_dir(path: str) -> str:
     Raises:
         EncodeError: no SavedModel there.
     """
-    if "://" not in path:
+    if not is_remote(path):
         path = os.path.abspath(path)
     if not tf.io.gfile.isdir(path):
         raise EncodeError(f"--model-base-path {path} does not exist (expected an export folder)")
@@ -84,6 +87,14 @@ def resolve_version_dir(path: str) -> str:
 
 def _read_json(path: str) -> dict:
     return read_json(path, default={})
+
+
+def _description(version_dir: str) -> ExportDescription | None:
+    """The export's description (`serving_contract.json`), None if it has none."""
+    try:
+        return ExportDescription.read(version_dir)
+    except ExportError as err:
+        raise EncodeError(str(err)) from None
 
 
 def read_meta_graph(version_dir: str) -> meta_graph_pb2.MetaGraphDef:
@@ -141,16 +152,18 @@ def describe_export(path: str, needed: list[str] | tuple[str, ...] = (C.ENCODE,)
     if not latent or latent[-1] is None:
         raise EncodeError(f"the {C.ENCODE!r} signature of the export at {version_dir} does not "
                           f"give the width of {C.Z_MEAN!r}")
+    description = _description(version_dir)
     num_classes = None
-    if C.CLASSIFY in signatures and C.PROBABILITIES in signatures[C.CLASSIFY].outputs:
-        width = _dims(signatures[C.CLASSIFY].outputs[C.PROBABILITIES])
-        num_classes = int(width[-1]) if width and width[-1] is not None else None
-    name = _read_json(join(extra, C.CONTRACT_FILE)).get("model_name")
+    if C.CLASSIFY in signatures:
+        num_classes = description.num_classes if description is not None else None
+        if num_classes is None:
+            raise EncodeError(f"the export at {version_dir} has a {C.CLASSIFY!r} signature but its "
+                              f"{C.ASSETS_EXTRA}/{C.CONTRACT_FILE} does not give its number of classes")
     folder = posixpath.basename(version_dir.rstrip("/"))
     parent = posixpath.basename(posixpath.dirname(version_dir.rstrip("/")))
     return ExportInfo(
         path=version_dir,
-        model_name=name or parent,
+        model_name=description.model_name if description is not None else parent,
         version=int(folder) if folder.isdigit() else None,
         image_shape=tuple(int(d) for d in shape),
         latent_dim=int(latent[-1]),

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
+from core.files import is_remote
 from pipelines.sources import images as I
 from pipelines.sources.spec import SourceError, SourceSpec
 
@@ -95,7 +96,7 @@ def expand_paths(patterns, what: str) -> list[str]:
             matches = [pattern]
         else:
             raise SourceError(f"{what} file {pattern} does not exist")
-        files += [m if "://" in m else os.path.abspath(m) for m in matches if m not in files]
+        files += [m if is_remote(m) else os.path.abspath(m) for m in matches if m not in files]
     return files
 
 
@@ -176,7 +177,7 @@ class ImageFolderSource(Source):
     def __init__(self, spec: SourceSpec, image_shape):
         super().__init__(spec, image_shape)
         root = spec.paths[0]
-        self.root = root if "://" in root else os.path.abspath(root)
+        self.root = root if is_remote(root) else os.path.abspath(root)
         if not tf.io.gfile.isdir(self.root):
             raise SourceError(f"--images {self.root} is not a folder")
         names = []
@@ -267,7 +268,7 @@ class NpySource(Source):
     @staticmethod
     def _open(path: str) -> np.ndarray:
         try:
-            if "://" not in path:
+            if not is_remote(path):
                 return np.load(path, mmap_mode="r", allow_pickle=False)
             with tf.io.gfile.GFile(path, "rb") as f:
                 return np.load(f, allow_pickle=False)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipelines.sources.spec import DATA_FIELDS
+
 KIND_FLAGS = (("tfds", "dataset"), ("images", "images"), ("npy", "npy"), ("tfrecord", "tfrecord"))
 
 
@@ -35,9 +37,9 @@ def add_input_flags(parser: argparse.ArgumentParser, *, required: bool, training
         required: one of --dataset, --images, --npy, --tfrecord must be given (encode).
         training: add the flags that shape and split training data (--image-size, ...).
         default_note: what the input is when none is given, for the help text.
-        defaults: the config dataclass whose field defaults the help texts state (the
-            flags default to None, so that a --config file's values stand unless a flag
-            is given): `DataConfig` for training, the encode job's config otherwise.
+        defaults: the config whose defaults the help texts state (the flags default to
+            None, so that a --config file's values stand unless a flag is given): a
+            `DataConfig()` for training, the `SourceSpec` class for encoding.
         section: the config section of those fields ("data"), or None.
     """
     from core.cli import add_old_spelling, config_default
@@ -123,26 +125,40 @@ def check_input_flags(args, error: type[Exception]) -> None:
         raise error("--labels-file goes with --images, --npy or --tfrecord (a tfds dataset has its own labels)")
 
 
-def data_overrides(args, error: type[Exception]) -> list[str]:
-    """The `data.FIELD=VALUE` assignments of the input flags of `vae train` / `vae tune`
-    (applied after --config, before the user's own overrides)."""
+def source_fields(args, error: type[Exception]) -> dict[str, object]:
+    """The `SourceSpec` fields the input flags set, only those given (`vae encode` builds its
+    spec of them, `vae train` and `vae tune` their `data` overrides, `data_overrides`).
+
+    Raises:
+        error: flags that go with another kind of input (`check_input_flags`).
+    """
     check_input_flags(args, error)
     kind, paths = input_kind(args)
     fields: dict[str, object] = {}
     if kind == "tfds":
-        fields.update(source="tfds", dataset=args.dataset)
-        if args.split:
-            fields["train_split"] = args.split
+        fields.update(kind=kind, dataset=args.dataset)
     elif kind is not None:
-        fields.update(source=kind, paths=list(paths))
-    if args.labels_file is not None:
-        fields["labels_file"] = args.labels_file
-    for field in ("data_dir", "image_feature", "resize", "skip_bad", "channels", "validation_fraction",
-                  "test_fraction", "split_seed"):  # flags named as their fields
-        if getattr(args, field, None) is not None:
+        fields.update(kind=kind, paths=paths)
+    for field in ("split", "data_dir", "image_feature", "id_feature", "labels_file", "resize", "skip_bad"):
+        if getattr(args, field, None) is not None:  # flags named as their fields
             fields[field] = getattr(args, field)
     if args.label_feature is not None:
         fields["label_feature"] = args.label_feature or None
+    return fields
+
+
+def data_overrides(args, error: type[Exception]) -> list[str]:
+    """The `data.FIELD=VALUE` assignments of the input flags of `vae train` / `vae tune`
+    (applied after --config, before the user's own overrides): the source's fields as the
+    `data` section spells them (`DATA_FIELDS`), --split as `data.train_split`, and the
+    flags that shape and split training data."""
+    source = source_fields(args, error)
+    fields = {flat: source[spec] for flat, spec in DATA_FIELDS.items() if spec in source}
+    if source.get("split"):
+        fields["train_split"] = source["split"]
+    for field in ("channels", "validation_fraction", "test_fraction", "split_seed"):
+        if getattr(args, field, None) is not None:
+            fields[field] = getattr(args, field)
     if getattr(args, "image_size", None) is not None:
-        fields["image_size"] = list(args.image_size)
+        fields["image_size"] = args.image_size
     return [f"data.{field}={json.dumps(value)}" for field, value in fields.items()]

@@ -1,15 +1,167 @@
-"""A split of a tensorflow-datasets image dataset as a source."""
+"""A split of a tensorflow-datasets image dataset as a source, and the tfds checks and
+offline preparation that training reads its datasets with too (`prepared_builder`).
+
+`fashion_mnist` is prepared from the Debian package `dataset-fashion-mnist` into the
+standard tfds dataset, with no network. Other datasets must already be prepared in the
+data directory, or be downloaded on request (`download=True`). No code path here waits
+on the network unless asked to.
+"""
 
 from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from pipelines.sources import images as I
-from pipelines.sources.spec import SourceError, SourceSpec
+from pipelines.sources.spec import DataError, SourceError, SourceSpec
 from pipelines.sources.base import Source, array_batch, assemble
 
+log = logging.getLogger(__name__)
 
+# Local sources of standard tfds datasets: tfds name -> (folder, Debian package).
+LOCAL_SOURCES = {
+    "fashion_mnist": (Path("/usr/share/datasets/fashion-mnist"), "dataset-fashion-mnist"),
+}
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+# === Preparing a dataset ===
+def _local_files(name: str) -> Path | None:
+    source = LOCAL_SOURCES.get(name)
+    if source and all((source[0] / f"{f}.gz").is_file() for f in _IDX_FILES):
+        return source[0]
+    return None
+
+
+def _prepare_fashion_mnist_locally(folder: Path, data_dir: str | None) -> None:
+    """Prepares the standard tfds `fashion_mnist` from local gzipped IDX files.
+
+    The stock builder downloads and checksums the upstream archives; here its split
+    generator is handed the decompressed local files instead, so the result is the same
+    standard dataset (same name, version and examples) without a network.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.image_classification import mnist
+
+    scratch = Path(tempfile.mkdtemp(prefix="fashion_mnist_"))
+    try:
+        paths = {}
+        for name in _IDX_FILES:
+            with gzip.open(folder / f"{name}.gz", "rb") as src, open(scratch / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            paths[name] = str(scratch / name)
+
+        class _LocalFiles:
+            """Stands in for tfds' download manager: file names -> local paths."""
+
+            def download_and_extract(self, urls):
+                return {key: paths[url.rsplit("/", 1)[-1].removesuffix(".gz")] for key, url in urls.items()}
+
+        class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
+            name = "fashion_mnist"
+            code_path = None  # no checksums file to look up: nothing is downloaded
+
+            def _split_generators(self, dl_manager):
+                return super()._split_generators(_LocalFiles())
+
+        builder = LocalFashionMNIST(data_dir=data_dir)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def prepared_builder(name: str, data_dir: str | None, download: bool = False):
+    """A prepared tfds builder of the image dataset `name`: prepared already, prepared
+    here from local files (`LOCAL_SOURCES`), or downloaded when `download` allows it.
+
+    Raises:
+        DataError: unknown name, no `image` feature, or not prepared and no way to
+            prepare it offline (the message names the flag or package that fixes it).
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        hint = str(err).strip().splitlines()
+        raise DataError(
+            f"unknown dataset {name!r}: tensorflow-datasets has no builder of that name "
+            f"({hint[0] if hint else 'not found'}). Use a tfds image dataset such as "
+            f"'fashion_mnist' or 'mnist'."
+        ) from None
+    if "image" not in builder.info.features:
+        raise DataError(
+            f"dataset {name!r} has no 'image' feature (features: "
+            f"{sorted(builder.info.features.keys())}); the VAE needs an image dataset"
+        )
+    if builder.is_prepared():
+        return builder
+    local = _local_files(name)
+    if local is not None:
+        log.info("preparing %s from the local files in %s", name, local)
+        _prepare_fashion_mnist_locally(local, data_dir)
+        return tfds.builder(name, data_dir=data_dir)
+    if download:
+        log.info("downloading and preparing %s into %s", name, builder.data_dir)
+        builder.download_and_prepare()
+        return builder
+    where = builder.data_dir
+    advice = ["pass --download to let tensorflow-datasets fetch it (needs network)",
+              "or --data-dir pointing at a directory where it is prepared"]
+    if name in LOCAL_SOURCES:
+        folder, package = LOCAL_SOURCES[name]
+        advice.insert(0, f"install the Debian package {package} (apt-get install {package}, "
+                         f"which puts its files in {folder})")
+    raise DataError(f"dataset {name!r} is not prepared in {where}; " + ", ".join(advice))
+
+
+# === What a builder's info tells ===
+def num_examples(builder, split: str) -> int:
+    """The number of examples of a tfds split expression such as `train[:10%]`."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError) as err:
+        raise DataError(
+            f"split {split!r} is not in dataset {builder.info.name!r} "
+            f"(splits: {sorted(builder.info.splits.keys())}): {err}"
+        ) from None
+
+
+def num_classes(builder) -> int:
+    """The number of classes of the dataset's `label` feature.
+
+    Raises:
+        DataError: the dataset has no class label (a conditional or M2 model needs one).
+    """
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    if feature is None or not hasattr(feature, "num_classes"):
+        raise DataError(f"dataset {builder.info.name!r} has no class 'label' feature; a label-"
+                        f"conditioned or semi-supervised model needs one")
+    return int(feature.num_classes)
+
+
+def class_names(builder) -> list[str] | None:
+    """The names of the dataset's classes (its `label` feature's `names`), or None when it
+    has no named class label. A label-conditioned export carries them."""
+    feature = builder.info.features["label"] if "label" in builder.info.features else None
+    names = getattr(feature, "names", None)
+    return [str(name) for name in names] if names else None
+
+
+# === A split as a source ===
 class TfdsSource(Source):
     """A split expression (`test`, `train[:10%]`, `train+test`) of a prepared
     tensorflow-datasets image dataset.
@@ -25,9 +177,6 @@ class TfdsSource(Source):
         super().__init__(spec, image_shape)
         builder = self._load_builder()
         features = builder.info.features
-        if "image" not in features:
-            raise SourceError(f"dataset {spec.dataset!r} has no 'image' feature "
-                              f"(features: {sorted(features.keys())})")
         try:
             instructions = self._tfds.core.ReadInstruction.from_spec(spec.split).to_absolute(builder.info.splits)
         except (KeyError, ValueError, AssertionError) as err:
@@ -47,8 +196,7 @@ class TfdsSource(Source):
                               f"the model expects {I.shape_text(self.image_shape)}; pass --resize")
         self.encoded = image.np_dtype == np.uint8 and self.feature_shape[-1] in (1, 3, 4)
         self.has_labels = "label" in features
-        names = getattr(features["label"], "names", None) if self.has_labels else None
-        self.class_names = [str(n) for n in names] if names else None
+        self.class_names = class_names(builder)
         self.version = str(builder.info.version)
         self.location = builder.data_dir
         self._builder = builder
@@ -57,21 +205,7 @@ class TfdsSource(Source):
         import tensorflow_datasets as tfds
 
         self._tfds = tfds
-        try:
-            builder = tfds.builder(self.spec.dataset, data_dir=self.spec.data_dir)
-        except tfds.core.registered.DatasetNotFoundError as err:
-            first = (str(err).strip().splitlines() or ["not found"])[0]
-            raise SourceError(f"unknown dataset {self.spec.dataset!r}: {first}") from None
-        if builder.is_prepared():
-            return builder
-        # Only here, for a dataset not yet prepared: the project's offline preparation.
-        from pipelines.config import DataConfig
-        from pipelines.data import DataError, get_builder
-
-        try:
-            return get_builder(DataConfig(dataset=self.spec.dataset, data_dir=self.spec.data_dir))
-        except DataError as err:
-            raise SourceError(str(err)) from None
+        return prepared_builder(self.spec.dataset, self.spec.data_dir)
 
     def __len__(self) -> int:
         return self.offsets[-1]

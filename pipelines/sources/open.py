@@ -19,10 +19,11 @@ def open_source(spec: SourceSpec, image_shape) -> Source:
     with the labels of `spec.labels_file` when it names one.
 
     Raises:
-        SourceError: the input does not exist, cannot be listed, or cannot fit the shape;
-            the labels file does not hold one integer per input.
+        SourceError: the spec does not name one whole input (`SourceSpec.check`), the
+            input does not exist, cannot be listed, or cannot fit the shape; the labels
+            file does not hold one integer per input.
     """
-    source = SOURCES[spec.kind](spec, image_shape)
+    source = SOURCES[spec.check().kind](spec, image_shape)
     if spec.labels_file:
         source.label_override = read_labels(spec.labels_file, len(source))
         source.has_labels = True

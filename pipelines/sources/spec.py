@@ -22,6 +22,10 @@ class SourceConfigError(SourceError, ConfigError):
     """A `SourceSpec` value is invalid; the message names the flag that sets it."""
 
 
+class DataError(SourceError):
+    """A dataset cannot be found, prepared or used for training; the message says what to do."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceSpec(ConfigBase):
     """One input: a tfds split, a folder of images, .npy files or TFRecord files.
@@ -56,8 +60,21 @@ class SourceSpec(ConfigBase):
 
     def __post_init__(self) -> None:
         require_choice(self, "kind", KINDS)
+
+    def check(self, *, split_required: bool = False) -> SourceSpec:
+        """Checks that the fields name one whole input (not on creation: a run config's
+        overrides set `kind` and `paths` one at a time); returns the spec.
+
+        Args:
+            split_required: a tfds input must name its split (`vae encode`; training
+                reads its splits from the run config).
+
+        Raises:
+            The class's `ERROR`: naming the flag (`FIELD_LABELS`) of the field that does not fit.
+        """
         if self.kind == "tfds":
             require(self, "dataset", bool(self.dataset), "must name a tfds dataset")
+            require(self, "dataset", bool(self.split) or not split_required, "needs --split (e.g. --split test)")
         else:
             require(self, "paths", bool(self.paths), f"of the {self.kind} input must name at least one path")
         if self.kind == "images":
@@ -66,3 +83,16 @@ class SourceSpec(ConfigBase):
             require(self, "image_feature", bool(self.image_feature), "must name a feature")
         require(self, "labels_file", self.labels_file is None or self.kind != "tfds",
                 "goes with --images, --npy or --tfrecord (a tfds dataset has its own labels)")
+        return self
+
+    def fields(self) -> dict:
+        """The spec's fields by name (of the plain `SourceSpec`, also for a subclass)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SourceSpec)}
+
+
+# A training run's source (`pipelines.config.DataConfig.source`) as its `data` section
+# spells the fields, flat beside the other data fields (config.json, `data.FIELD=VALUE`
+# overrides, help texts): `data.source` is the kind; a run has no `split` (its splits are
+# `data.train_split`, ...) and no `id_feature` (ids are encode's).
+DATA_FIELDS = {"source": "kind", **{f.name: f.name for f in dataclasses.fields(SourceSpec)
+                                    if f.name not in ("kind", "split", "id_feature")}}

@@ -20,6 +20,7 @@ _WHERE = {
     "export_run": "pipelines.train.run",
     "finish": "pipelines.train.run",
     "fit": "pipelines.train.run",
+    "load_saved_model": "pipelines.train.run",
     "set_precision": "pipelines.train.run",
     "train": "pipelines.train.run",
 }

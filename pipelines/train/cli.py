@@ -14,7 +14,8 @@ import json
 import os
 
 from core.cli import add_deprecated_flag, add_removed_flag, config_default
-from model.config import ARCHITECTURES, CONDITIONS, KINDS, LIKELIHOODS
+from model.config import ARCHITECTURES, CONDITIONS, LIKELIHOODS
+from model.kinds import REGISTRY as KINDS
 from pipelines.config import STRATEGIES, DataConfig, RunConfig
 
 EXAMPLES = """\
@@ -85,8 +86,9 @@ def register(subparsers) -> None:
 def add_kind_flags(p) -> None:
     """The model-kind flags of `vae train` and `vae tune` (fields in `KIND_FLAGS`)."""
     kinds = p.add_argument_group("model kind")
-    kinds.add_argument("--kind", choices=KINDS,
-                       help=f"vae, cvae (conditional) or m2 (semi-supervised) ({_default('model.kind')})")
+    kinds.add_argument("--kind", choices=tuple(KINDS),
+                       help="; ".join(f"{name}: {kind.summary}" for name, kind in KINDS.items())
+                       + f" ({_default('model.kind')})")
     kinds.add_argument("--condition", choices=CONDITIONS,
                        help="cvae: what it is conditioned on, the class label or an observed half of the "
                        f"image; vae and m2 keep label ({_default('model.condition')})")
@@ -133,7 +135,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="train again in a workdir that holds a finished run")
     add_input_flags(p, required=False, training=True, default_note="; default --dataset "
-                    + DataConfig().dataset, defaults=DataConfig, section="data")
+                    + DataConfig().source.dataset, defaults=DataConfig(), section="data")
     p.add_argument("--download", action="store_true", default=None,
                    help="let tensorflow-datasets download the dataset, which needs network "
                    f"({_default('data.download')})")
@@ -228,19 +230,17 @@ def signatures_text() -> str:
     from serving import contract as C
 
     lines, seen = [], set()
-    for kind in KINDS:
-        for condition in dict.fromkeys("label" if c == "label" else "half" for c in CONDITIONS):
-            if kind != "cvae" and condition != "label":
-                continue
-            served = C.serving_kind(kind, condition if kind != "vae" else None)
+    for name, kind in KINDS.items():
+        for condition in kind.conditions[:2] or ("label",):  # the label, then a half
+            served = C.kind_of_features(*kind.serves(condition))
             if served in seen:
                 continue
             seen.add(served)
-            name = f"{kind}" + (f", condition {'label' if condition == 'label' else 'a half'}"
-                                if kind == "cvae" else "")
+            label = name + (f", condition {'label' if condition == 'label' else 'a half'}"
+                            if len(kind.conditions) > 1 else "")
             sigs = " ".join(f"{s.name}({', '.join(t.key for t in s.inputs)})"
                             for s in C.signatures_for(served).values())
-            lines.append(f"  {name} (served kind {served}): {sigs}; serving_default = "
+            lines.append(f"  {label} (served kind {served}): {sigs}; serving_default = "
                          f"{C.default_signature_for(served)}")
     return "\n".join(lines)
 

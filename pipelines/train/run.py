@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import kinds
+from model import classes, kinds
 from model.vae import VAE
 from pipelines import data, plots, workdir as W
 from pipelines.config import RunConfig
@@ -31,10 +31,17 @@ from pipelines.workdir import History
 log = logging.getLogger(__name__)
 
 
+def load_saved_model(path: str | Path, compile: bool = False) -> VAE:
+    """A model of any kind saved as a `.keras` file (every kind's class is registered with
+    Keras first, `model.kinds.import_classes`)."""
+    kinds.import_classes()
+    return keras.models.load_model(path, compile=compile)
+
+
 def build_model(config: RunConfig) -> VAE:
     """The model of a run (the class `model.kinds` declares for its config), built (all
     weights created) and compiled with its optimizer."""
-    vae = kinds.build_model(config.model, seed=config.train.seed)
+    vae = classes.build_model(config.model, seed=config.train.seed)
     vae.build()
     vae.compile(optimizer=FusedAdam(config.train.learning_rate))
     return vae
@@ -73,13 +80,8 @@ def output_bias(config: RunConfig, mean_image: np.ndarray, x_shape) -> np.ndarra
 
 def init_output_bias(vae: VAE, config: RunConfig, datasets: Datasets) -> None:
     """Sets the decoder's output bias from the training split (`train.init_output_bias`)."""
-    decoder = getattr(vae, "decoder", None)
-    if not hasattr(decoder, "set_output_bias"):
-        log.warning("train.init_output_bias: the %s model's decoder has no output bias to set",
-                    config.model.kind)
-        return
     bias = output_bias(config, mean_training_image(config, datasets), vae.x_shape)
-    decoder.set_output_bias(bias)
+    vae.set_output_bias(bias)
     log.info("decoder output bias set from the mean training image (mean bias %.3f)", float(np.mean(bias)))
 
 
@@ -175,16 +177,15 @@ class EvaluationError(Exception):
 def save_trained(vae: VAE, history: History, workdir: Path) -> None:
     """Writes model.keras and history.json (with the optimizer's step count): from here on a
     run that dies is evaluated, not trained, when the same command runs again."""
-    optimizer = getattr(vae, "optimizer", None)
-    if optimizer is not None:
-        history.optimizer_steps = int(optimizer.iterations.numpy())
+    if vae.optimizer is not None:
+        history.optimizer_steps = int(vae.optimizer.iterations.numpy())
     history.save(workdir)
     W.save_model_atomic(vae, workdir / W.MODEL_FILE)  # last: its presence marks training done
 
 
 def load_trained(workdir: Path) -> tuple[VAE, History]:
     """The model and history `save_trained` left in `workdir`."""
-    vae = keras.models.load_model(workdir / W.MODEL_FILE, compile=False)
+    vae = load_saved_model(workdir / W.MODEL_FILE)
     return vae, History.load(workdir) or History()
 
 
@@ -286,7 +287,7 @@ def export_run(workdir: str | Path, base_dir: str | Path, model_name: str | None
     model_file = workdir / W.MODEL_FILE
     if not model_file.is_file():
         raise W.WorkdirError(f"no trained model at {model_file}; name a finished `vae train` --workdir")
-    vae = keras.models.load_model(model_file, compile=False)
+    vae = load_saved_model(model_file)
     run_config = W.read_json(workdir / W.CONFIG_FILE, default=None)
     config = RunConfig.from_dict(run_config) if run_config else RunConfig()
     if model_name is None:

@@ -105,7 +105,7 @@ class Trainer:
         self.base_learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         self.iwae_start_fraction = float(iwae_start_fraction)
         # The model's configured importance samples.
-        self.train_samples = int(model.model_config.train_samples)
+        self.train_samples = int(model.model_config.density.train_samples)
         self.kl_warmup_fraction = float(kl_warmup_fraction)
         if self.kl_warmup_fraction:
             # Not checkpointed: recomputed from the run's fraction before every call.

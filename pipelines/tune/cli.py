@@ -76,8 +76,8 @@ def register(subparsers) -> None:
                         help="importance samples of --objective iwae_nll")
     search.add_argument("--retrain", action="store_true",
                         help="retrain the best configuration from scratch instead of taking its trial's model")
-    add_input_flags(p, required=False, training=True, default_note=f"; default --dataset {data.dataset}",
-                    defaults=DataConfig, section="data")
+    add_input_flags(p, required=False, training=True, default_note=f"; default --dataset {data.source.dataset}",
+                    defaults=data, section="data")
     add_kind_flags(p)
     p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE", help=OVERRIDES_HELP)
     p.set_defaults(func=run_tune)

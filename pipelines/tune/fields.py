@@ -3,11 +3,13 @@ JSON types, the derived names, and one `RunConfig.override` per section."""
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import typing
 from typing import Any
 
+from core.config import ConfigBase
 from pipelines.config import RunConfig
 
 # Names that are not config fields: each pair of numbers sets one tuple field.
@@ -33,16 +35,34 @@ NOT_TUNABLE = {
     "train.checkpoint_every_steps": "it does not change the model",
 }
 
+
+def canonical(path: str) -> str:
+    """A `section.field` path as the config spells it now (`ConfigBase.MOVED`: an old name
+    such as `model.prior` is `model.density.prior`); derived names stay as they are."""
+    return path if path in DERIVED else ".".join(RunConfig.resolve_path(path.split(".")))
+
+
+def value_of(config: RunConfig, path: str):
+    """The value at a dotted path of a config (`model.density.prior`)."""
+    return functools.reduce(getattr, path.split("."), config)
+
+
+def _is_section(hint) -> bool:
+    return isinstance(hint, type) and issubclass(hint, ConfigBase)
+
+
 def field_type(path: str) -> str | None:
-    """The JSON-level type of a `section.field` of RunConfig, or None if unknown."""
-    section, _, name = path.partition(".")
-    hints = RunConfig._hints()
-    if section not in hints or not name:
+    """The JSON-level type of a field of RunConfig at a dotted path (`model.latent_dim`,
+    `model.density.prior`), or None if unknown (or a whole section)."""
+    *sections, name = path.split(".")
+    cls = RunConfig
+    for part in sections:
+        cls = cls._hints().get(part)
+        if not _is_section(cls):
+            return None
+    hint = cls._hints().get(name)
+    if not sections or hint is None or _is_section(hint):
         return None
-    fields = hints[section]._hints()
-    if name not in fields:
-        return None
-    hint = fields[name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is tuple:
@@ -96,8 +116,11 @@ def apply_values(base: RunConfig, values: dict[str, Any]) -> RunConfig:
     fields.update(derived_values(base, {k: v for k, v in values.items() if k in DERIVED}))
     sections: dict[str, dict] = {}
     for path, value in fields.items():
-        section, _, name = path.partition(".")
-        sections.setdefault(section, getattr(base, section).to_dict())[name] = value
+        section, *inner, name = path.split(".")
+        target = sections.setdefault(section, getattr(base, section).to_dict())
+        for part in inner:  # a field of a section of the section (model.density.prior)
+            target = target[part]
+        target[name] = value
     config = base
     for section, merged in sections.items():
         config = config.override(f"{section}={json.dumps(merged)}")

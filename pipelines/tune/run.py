@@ -29,7 +29,7 @@ import keras
 from core.config import ConfigError
 from pipelines.config import RunConfig
 from pipelines.distribute import make_cluster, tf_config
-from pipelines.train import finish, fit, load_datasets, set_precision
+from pipelines.train import finish, fit, load_datasets, load_saved_model, set_precision
 from pipelines.workdir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_FILE, History,
                                WorkdirError, differences, read_json, refuse_finished, remove,
                                write_json_atomic)
@@ -129,6 +129,8 @@ def _prepare_workdir(workdir: Path, record: dict, overwrite: bool) -> None:
             raise WorkdirError(f"{workdir / PROJECT} holds a search but {SEARCH_RECORD} is missing; pass "
                                "--overwrite to start anew, or choose another --workdir")
         if previous is not None:
+            if isinstance(previous.get("config"), dict):  # as today's code spells it (moved fields mapped)
+                previous = {**previous, "config": RunConfig.from_dict(previous["config"]).to_dict()}
             changed = differences(previous, record, _RESUMABLE_CHANGES, keep_whole=frozenset({"space"}))
             if changed:
                 raise WorkdirError(
@@ -195,7 +197,7 @@ def _best_model(config: RunConfig, trial_dir: Path, best_dir: Path, cluster, ret
     model_file, trainer = trial_dir / MODEL_FILE, None
     if not retrain and model_file.is_file():
         log.info("taking the best model from %s", trial_dir)
-        vae = keras.models.load_model(model_file)
+        vae = load_saved_model(model_file, compile=True)
         history = History.load(trial_dir) or History(completed_epochs=config.train.epochs)
         source = f"trial {trial_dir.name.removeprefix('trial_')}"
     else:

@@ -19,14 +19,17 @@ or one of the derived names (`fields.DERIVED`) that set a tuple field from two n
 active only while the choice PARENT takes one of those values. A PARENT that is not an
 entry of the space but a field of the base config (e.g. `model.kind`) decides once, when
 the space is loaded: the entry is searched if the base config's value is listed and left
-out otherwise, and so are the entries conditional on it (the default space searches the
-VampPrior, two stochastic layers and IWAE training only for the kinds that have them).
+out otherwise, and so are the entries conditional on it. The default space is the
+package's `default_space.json` plus the entries the base config's kind declares
+(`model/kinds.py`: the VampPrior, two stochastic layers and IWAE training for the kinds
+that have them).
 
 Every problem fails with a `ConfigError` naming the entry, before any trial starts.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from importlib import resources
@@ -36,6 +39,7 @@ from typing import Any
 import keras_tuner as kt
 
 from core.config import ConfigError
+from model import kinds
 from pipelines.config import RunConfig
 from pipelines.tune import fields
 
@@ -96,10 +100,11 @@ class SearchSpace:
     # === Loading ===
     @classmethod
     def load(cls, path: str | Path | None, base: RunConfig) -> "SearchSpace":
-        """Reads a space file; None reads the default space shipped with the package."""
+        """Reads a space file; None reads the default space: the package's, plus the entries
+        the base config's kind declares (`model.kinds.Kind.tuning`)."""
         if path is None:
             text = resources.files("pipelines.tune").joinpath(DEFAULT_SPACE).read_text()
-            source = f"default search space ({DEFAULT_SPACE})"
+            source = f"default search space ({DEFAULT_SPACE} and model.kind={base.model.kind!r}'s entries)"
         else:
             path = Path(path)
             if not path.is_file():
@@ -109,6 +114,8 @@ class SearchSpace:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{source}: not valid JSON ({err})") from None
+        if path is None:
+            data.update(copy.deepcopy(kinds.lookup(base.model.kind).tuning))
         return cls(data, base, source)
 
     def to_dict(self) -> dict:
@@ -124,6 +131,7 @@ class SearchSpace:
         return ConfigError(f"{self.source}: entry {name!r}: {message}")
 
     def _parse(self, name: str, spec) -> Entry:
+        name = fields.canonical(name)  # (a field's old name, e.g. model.prior: model.density.prior)
         if name in fields.NOT_TUNABLE:
             raise self._error(name, f"cannot be tuned: {fields.NOT_TUNABLE[name]}")
         if name.startswith("data."):
@@ -153,7 +161,8 @@ class SearchSpace:
             if not isinstance(parent_values, list) or not parent_values:
                 raise self._error(name, f'"when" needs a non-empty list of {parent!r} values, '
                                         f"got {parent_values!r}")
-            when = (parent, tuple(json.dumps(v) if isinstance(v, list) else v for v in parent_values))
+            when = (fields.canonical(parent),
+                    tuple(json.dumps(v) if isinstance(v, list) else v for v in parent_values))
         body = {k: v for k, v in spec.items() if k not in ("type", "when")}
         self._check_spec(name, kind, body, field_type)
         return Entry(name, kind, body, when, field_type)
@@ -244,8 +253,7 @@ class SearchSpace:
                     if wrong:
                         raise self._error(entry.name, f'"when" value {wrong[0]!r} has the wrong type for '
                                                       f"the config field {parent!r} ({ftype})")
-                    section, _, field = parent.partition(".")
-                    value = getattr(getattr(base, section), field)
+                    value = fields.value_of(base, parent)
                     if fields.encode(list(value) if isinstance(value, tuple) else value, ftype) not in wanted:
                         continue
                     entry = dataclasses.replace(entry, when=None)

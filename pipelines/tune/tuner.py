@@ -33,7 +33,7 @@ from core.config import ConfigError
 from pipelines import data
 from pipelines.config import RunConfig
 from pipelines.evaluate import evaluate
-from pipelines.train import fit, load_datasets
+from pipelines.train import fit, load_datasets, load_saved_model
 from pipelines.workdir import (CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, read_json, save_model_atomic,
                                write_json_atomic)
 from pipelines.tune.settings import TRIAL_RECORD, TuneSettings
@@ -201,7 +201,7 @@ class VAETuner(kt.Tuner):
 
     def load_model(self, trial):
         """The model a finished trial saved (`get_best_models` uses it)."""
-        return keras.models.load_model(Path(self.get_trial_dir(trial.trial_id)) / MODEL_FILE)
+        return load_saved_model(Path(self.get_trial_dir(trial.trial_id)) / MODEL_FILE, compile=True)
 
     def save_model(self, trial_id, model, step=0):
         pass  # run_trial saves each trial's model itself

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from model import CVAE, ConfigError, HalfCondition, ModelConfig
-from model.config import HALF_CONDITIONS
+from model.config import HALF_CONDITIONS, M2Config
 from model.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from tests.helpers import assert_config_round_trip
 from tests.model import numpy_reference as ref
@@ -139,7 +139,7 @@ def test_keras_fit_trains_a_cvae_on_dict_batches():
     (dict(kind="m2", condition="left_half"), "ModelConfig.condition"),
     (dict(kind="cvae", condition="middle"), "ModelConfig.condition"),
     (dict(kind="gan"), "ModelConfig.kind"),
-    (dict(kind="cvae", alpha=1.0), "ModelConfig.alpha"),
+    (dict(kind="cvae", m2=M2Config(alpha=1.0)), "ModelConfig.m2.alpha"),
     (dict(kind="cvae", num_classes=1), "ModelConfig.num_classes"),
 ])
 def test_bad_kind_settings_name_the_field(fields, field):

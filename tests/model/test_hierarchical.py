@@ -13,14 +13,16 @@ from scipy.special import logsumexp
 from model import ConfigError, ModelConfig, build_model
 from model.evaluation import as_seed
 from model.hierarchical import HierarchicalVAE
+from model.config import DensityConfig
 from pipelines.evaluate import evaluate
 from serving import contract as C
 from serving.export import export_model
 from tests.model.test_vae import SMALL, patterns
 from tests.model.test_vampprior import numpy_log_normal, numpy_log_vamp
+from tests.helpers import with_density
 
 D = SMALL["latent_dim"]
-TWO = dict(SMALL, stochastic_layers=2, pseudo_inputs=5)
+TWO = with_density(SMALL, stochastic_layers=2, pseudo_inputs=5)
 
 
 def fold(seed, salt):
@@ -40,7 +42,7 @@ def numpy_log_joint_ratio(model, x, z2, z1):
     logits = np.asarray(model.joint_decode_params(z1.astype(np.float32), z2.astype(np.float32)), np.float64)
     logits, flat = logits.reshape(len(x), -1), x.reshape(len(x), -1)
     log_px = -np.sum(np.logaddexp(0.0, logits) - logits * flat, axis=-1)
-    if model.model_config.prior == "vamp":
+    if model.model_config.density.prior == "vamp":
         log_pz2 = numpy_log_vamp(model, z2)
     else:
         log_pz2 = -0.5 * np.sum(z2**2 + np.log(2 * np.pi), axis=-1)
@@ -52,7 +54,7 @@ def numpy_log_joint_ratio(model, x, z2, z1):
 @pytest.fixture(scope="module", params=["gaussian", "vamp"])
 def hvae(request):
     keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(**dict(TWO, prior=request.param)), seed=0)
+    model = build_model(ModelConfig(**with_density(TWO, prior=request.param)), seed=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     x = patterns(512)
     history = model.fit(x, epochs=3, batch_size=64, verbose=0).history
@@ -64,10 +66,10 @@ def test_a_vae_config_with_two_layers_builds_the_hierarchical_model(hvae):
     assert isinstance(model, HierarchicalVAE)
     assert history["loss"][-1] < history["loss"][0]
     assert model.latent_layers == (("z1", D), ("z2", D))
-    with pytest.raises(ConfigError, match="ModelConfig.stochastic_layers"):
-        ModelConfig(kind="cvae", stochastic_layers=2)
-    with pytest.raises(ConfigError, match="ModelConfig.stochastic_layers"):
-        ModelConfig(stochastic_layers=3)
+    with pytest.raises(ConfigError, match="ModelConfig.density.stochastic_layers"):
+        ModelConfig(kind="cvae", density=DensityConfig(stochastic_layers=2))
+    with pytest.raises(ConfigError, match="ModelConfig.density.stochastic_layers"):
+        ModelConfig(density=DensityConfig(stochastic_layers=3))
 
 
 def test_loss_terms_are_one_draw_of_both_layers_with_closed_form_kls(hvae):
@@ -82,7 +84,7 @@ def test_loss_terms_are_one_draw_of_both_layers_with_closed_form_kls(hvae):
     log_px, _ = numpy_log_joint_ratio(model, batch, z2, z1)
     kl_z1 = 0.5 * np.sum(p_log_var - z1_log_var + (np.exp(z1_log_var) + (z1_mean - p_mean) ** 2)
                          / np.exp(p_log_var) - 1.0, axis=-1)
-    if model.model_config.prior == "vamp":
+    if model.model_config.density.prior == "vamp":
         kl_z2 = numpy_log_normal(z2, z2_mean, z2_log_var) - numpy_log_vamp(model, z2)
     else:
         kl_z2 = -0.5 * np.sum(1 + z2_log_var - z2_mean**2 - np.exp(z2_log_var), axis=-1)

@@ -8,7 +8,9 @@ import tensorflow as tf
 from scipy.special import logsumexp
 
 from model import CVAE, VAE, ConfigError, ModelConfig
+from model.config import DensityConfig, M2Config
 from tests.model.test_vae import SMALL, patterns
+from tests.helpers import with_density
 
 
 def numpy_log_weights(vae, x, z):
@@ -35,7 +37,7 @@ def posterior_draws(vae, x, k, seed):
 def test_k1_objective_is_the_elbo_objective_of_today():
     x = patterns(16)
     seed = tf.constant([3, 1], tf.int64)
-    vae = VAE(ModelConfig(**SMALL, train_samples=1), seed=0)
+    vae = VAE(ModelConfig(**with_density(SMALL, train_samples=1)), seed=0)
     terms = vae.loss_terms(x, training=False, seed=seed)
     z = posterior_draws(vae, x, 1, seed)[0]
     # Today's objective: -log p(x|z) per example in `loss`, closed-form KL with add_loss.
@@ -47,7 +49,7 @@ def test_k1_objective_is_the_elbo_objective_of_today():
     objective = float(np.mean(terms["loss"])) + float(sum(vae.losses))
     assert objective == pytest.approx(float(np.mean(-log_px_z[0] + kl)), rel=1e-5)
     # The same weights with the attribute switched from k = 4 back to 1: the same numbers.
-    other = VAE(ModelConfig(**SMALL, train_samples=4), seed=0)
+    other = VAE(ModelConfig(**with_density(SMALL, train_samples=4)), seed=0)
     other.build()
     other.set_weights(vae.get_weights())
     other.train_samples = 1
@@ -60,7 +62,7 @@ def test_k1_objective_is_the_elbo_objective_of_today():
 def test_iwae_loss_is_a_numpy_log_mean_exp_of_the_same_weights():
     k, x = 5, patterns(12)
     seed = tf.constant([7, 2], tf.int64)
-    vae = VAE(ModelConfig(**SMALL, train_samples=k), seed=0)
+    vae = VAE(ModelConfig(**with_density(SMALL, train_samples=k)), seed=0)
     terms = vae.loss_terms(x, training=False, seed=seed)
     log_px_z, log_ratio = numpy_log_weights(vae, x, posterior_draws(vae, x, k, seed))
     expected = -(logsumexp(log_px_z + log_ratio, axis=0) - np.log(k))
@@ -75,7 +77,7 @@ def test_iwae_loss_is_a_numpy_log_mean_exp_of_the_same_weights():
 def test_kl_weight_scales_the_log_ratio_inside_the_iwae_bound_while_training():
     k, x = 3, patterns(8)
     seed = tf.constant([1, 1], tf.int64)
-    vae = VAE(ModelConfig(**SMALL, train_samples=k, beta=0.5), seed=0)
+    vae = VAE(ModelConfig(**with_density(SMALL, train_samples=k), beta=0.5), seed=0)
     vae.compile(optimizer="adam")
     terms = vae.loss_terms(x, training=True, seed=seed)
     log_px_z, log_ratio = numpy_log_weights(vae, x, posterior_draws(vae, x, k, seed))
@@ -124,7 +126,7 @@ def test_changing_train_samples_and_retracing_switches_the_compiled_objective():
 
 def test_fit_with_importance_samples_trains_and_reports_the_terms():
     keras.utils.set_random_seed(1)
-    vae = VAE(ModelConfig(**SMALL, train_samples=4), seed=0)
+    vae = VAE(ModelConfig(**with_density(SMALL, train_samples=4)), seed=0)
     vae.compile(optimizer=keras.optimizers.Adam(3e-3))
     x = patterns(256)
     history = vae.fit(x, epochs=3, batch_size=64, verbose=0).history
@@ -137,14 +139,14 @@ def test_fit_with_importance_samples_trains_and_reports_the_terms():
 def test_cvae_trains_on_the_iwae_bound_with_its_condition_tiled():
     k, x = 3, patterns(6)
     labels = np.arange(6) % 4
-    cvae = CVAE(ModelConfig(**SMALL, kind="cvae", num_classes=4, train_samples=k), seed=0)
+    cvae = CVAE(ModelConfig(**with_density(SMALL, train_samples=k), kind="cvae", num_classes=4), seed=0)
     terms = cvae.loss_terms((x, labels), seed=tf.constant([2, 2], tf.int64))
     assert all(t.shape == (6,) for t in terms.values())
     assert np.all(np.isfinite(terms["loss"]))
 
 
 def test_m2_refuses_importance_samples_with_a_clear_error():
-    with pytest.raises(ConfigError, match="ModelConfig.train_samples"):
-        ModelConfig(kind="m2", alpha=1.0, train_samples=5)
-    with pytest.raises(ConfigError, match="ModelConfig.train_samples"):
-        ModelConfig(train_samples=0)
+    with pytest.raises(ConfigError, match="ModelConfig.density.train_samples"):
+        ModelConfig(kind="m2", density=DensityConfig(train_samples=5), m2=M2Config(alpha=1.0))
+    with pytest.raises(ConfigError, match="ModelConfig.density.train_samples"):
+        ModelConfig(density=DensityConfig(train_samples=0))

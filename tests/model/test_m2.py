@@ -9,13 +9,15 @@ import pytest
 import tensorflow as tf
 
 from model import M2, ConfigError, ModelConfig
+from model.config import M2Config
 from model.classifiers import ConvClassifier, MLPClassifier
 from tests.helpers import assert_config_round_trip, assert_save_load_round_trip
 from tests.model import numpy_reference as ref
 
 K = 4
 SMALL = dict(kind="m2", image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32, 16), conv_filters=(4, 8),
-             num_classes=K, alpha=2.5)
+             num_classes=K)
+ALPHA = 2.5
 
 
 def batch(n=10, seed=0):
@@ -26,8 +28,9 @@ def batch(n=10, seed=0):
     return images, labels
 
 
-def m2(architecture="mlp", **extra):
-    model = M2(ModelConfig(architecture=architecture, **{**SMALL, **extra}), seed=0)
+def m2(architecture="mlp", **options):
+    """A built M2 of SMALL with `options` in its `m2` section (alpha ALPHA unless given)."""
+    model = M2(ModelConfig(architecture=architecture, **SMALL, m2=M2Config(**{"alpha": ALPHA, **options})), seed=0)
     model.build()
     return model
 
@@ -47,7 +50,7 @@ def numpy_m2_objective(model, images, labels, z):
     expected = np.zeros(n)
     for i in range(n):
         if labels[i] >= 0:
-            expected[i] = per_class[i, labels[i]] - SMALL["alpha"] * log_q[i, labels[i]]
+            expected[i] = per_class[i, labels[i]] - ALPHA * log_q[i, labels[i]]
         else:
             expected[i] = sum(q[i, k] * per_class[i, k] for k in range(K)) + np.sum(q[i] * log_q[i])
     return expected
@@ -138,8 +141,8 @@ def test_classifier_layers_round_trip(make, tmp_path):
 
 
 def test_an_m2_needs_its_alpha():
-    with pytest.raises(ConfigError, match="ModelConfig.alpha"):
-        M2(ModelConfig(**{**SMALL, "alpha": None}))
+    with pytest.raises(ConfigError, match="ModelConfig.m2.alpha"):
+        M2(ModelConfig(**SMALL))
 
 
 @pytest.mark.parametrize("architecture, classifier, expected", [
@@ -157,10 +160,10 @@ def test_the_classifier_network_follows_model_classifier_else_the_architecture(a
 
 
 def test_model_classifier_is_refused_for_other_kinds_and_unknown_networks():
-    with pytest.raises(ConfigError, match="ModelConfig.classifier.*only used by model.kind='m2'"):
-        ModelConfig(kind="cvae", classifier="conv")
-    with pytest.raises(ConfigError, match="ModelConfig.classifier"):
-        ModelConfig(**{**SMALL, "classifier": "resnet"})
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier.*only used by model.kind='m2'"):
+        ModelConfig(kind="cvae", m2=M2Config(classifier="conv"))
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier"):
+        ModelConfig(**SMALL, m2=M2Config(classifier="resnet"))
 
 
 def shifted(image, dy: int, dx: int):
@@ -201,9 +204,9 @@ def test_the_classification_term_sees_fresh_shifts_while_training_only_with_clas
 
 
 def test_classifier_shift_is_refused_for_other_kinds_and_out_of_range():
-    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*only used by model.kind='m2'"):
-        ModelConfig(kind="cvae", classifier_shift=2)
-    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*>= 0"):
-        ModelConfig(**{**SMALL, "classifier_shift": -1})
-    with pytest.raises(ConfigError, match="ModelConfig.classifier_shift.*less than half"):
-        ModelConfig(**{**SMALL, "classifier_shift": 4})
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier_shift.*only used by model.kind='m2'"):
+        ModelConfig(kind="cvae", m2=M2Config(classifier_shift=2))
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier_shift.*>= 0"):
+        ModelConfig(**SMALL, m2=M2Config(classifier_shift=-1))
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier_shift.*less than half"):
+        ModelConfig(**SMALL, m2=M2Config(classifier_shift=4))

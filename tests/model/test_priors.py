@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 from model import ModelConfig, build_model
-from model.config import PRIORS as PRIOR_NAMES
+from model.config import DensityConfig, PRIORS as PRIOR_NAMES
 from model.priors import PRIORS, GaussianPrior, VampPrior
+from tests.helpers import with_density
 
-SMALL = dict(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(16,), pseudo_inputs=5)
+SMALL = dict(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(16,), density=DensityConfig(pseudo_inputs=5))
 SEED = tf.constant([4, 2], tf.int64)
 
 
@@ -19,7 +20,7 @@ def test_every_prior_name_has_a_prior():
 
 @pytest.mark.parametrize("name, cls", [("gaussian", GaussianPrior), ("vamp", VampPrior)])
 def test_a_model_builds_the_prior_its_config_names(name, cls):
-    model = build_model(ModelConfig(**SMALL, prior=name), seed=0)
+    model = build_model(ModelConfig(**with_density(SMALL, prior=name)), seed=0)
     model.build()
     assert type(model.prior) is cls
     rng = np.random.default_rng(0)
@@ -36,7 +37,7 @@ def test_a_model_builds_the_prior_its_config_names(name, cls):
 
 
 def test_the_gaussian_kl_is_closed_form_and_its_units_sum_to_it():
-    prior = GaussianPrior(ModelConfig(**SMALL, prior="gaussian"), (8, 8, 1), posterior=None)
+    prior = GaussianPrior(ModelConfig(**with_density(SMALL, prior="gaussian")), (8, 8, 1), posterior=None)
     z_mean = np.array([[0.5, -1.0, 0.0]], "float32")
     z_log_var = np.array([[0.0, np.log(2.0), -1.0]], "float32")
     expected = -0.5 * np.sum(1 + z_log_var - z_mean**2 - np.exp(z_log_var), axis=-1)
@@ -47,7 +48,7 @@ def test_the_gaussian_kl_is_closed_form_and_its_units_sum_to_it():
 
 
 def test_the_vampprior_owns_its_pseudo_inputs_as_the_models_weights():
-    model = build_model(ModelConfig(**SMALL, prior="vamp"), seed=0)
+    model = build_model(ModelConfig(**with_density(SMALL, prior="vamp")), seed=0)
     model.build()
     assert model.pseudo_inputs is model.prior.pseudo_inputs
     assert not model.prior.kl_sums_units

@@ -11,10 +11,12 @@ import tensorflow as tf
 
 from model import VAE, ModelConfig
 from model.evaluation import iwae_chunk_size, iwae_log_likelihood, negative_elbo
-from tests.helpers import assert_config_round_trip
+from model.config import DensityConfig
+from tests.helpers import assert_config_round_trip, with_density
 
 # The N(0, I) prior (not the kind vae default, the VampPrior): these tests compute its KL in closed form.
-SMALL = dict(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,), conv_filters=(4, 8), prior="gaussian")
+SMALL = dict(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,), conv_filters=(4, 8),
+             density=DensityConfig(prior="gaussian"))
 
 
 def patterns(n=1024, seed=0):
@@ -66,7 +68,7 @@ def test_kl_warmup_and_beta_weight_the_training_loss_only():
 
 
 def test_a_trainer_hands_the_warmup_ramp_and_the_samples_through_set_schedule():
-    vae = VAE(ModelConfig(**SMALL, beta=0.5, kl_warmup_steps=100, train_samples=4), seed=0)
+    vae = VAE(ModelConfig(**with_density(SMALL, train_samples=4), beta=0.5, kl_warmup_steps=100), seed=0)
     vae.compile(optimizer="adam")
     vae.build()
     ramp = tf.Variable(0.5)

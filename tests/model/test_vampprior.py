@@ -11,13 +11,15 @@ from scipy.special import logsumexp
 
 from model import VAE, ConfigError, ModelConfig
 from model.evaluation import as_seed, iwae_log_likelihood
+from model.config import DensityConfig, M2Config
 from pipelines.evaluate import evaluate
 from serving import contract as C
 from serving.export import export_model
 from tests.model.test_vae import SMALL, patterns
+from tests.helpers import with_density
 
 K = 7
-VAMP = dict(SMALL, prior="vamp", pseudo_inputs=K)
+VAMP = with_density(SMALL, prior="vamp", pseudo_inputs=K)
 
 
 def numpy_log_normal(z, mean, log_var):
@@ -140,23 +142,23 @@ def test_save_load_and_export_round_trip(vamp, tmp_path):
     assert encoded[C.Z_MEAN].shape == (5, 3)
     np.testing.assert_allclose(encoded[C.Z_MEAN], vae.encode(x[:5])[0], atol=1e-5)
     config = json.loads((version / C.ASSETS_EXTRA / C.CONFIG_FILE).read_text())
-    assert config["model"]["prior"] == "vamp"
+    assert config["model"]["density"]["prior"] == "vamp"
 
 
 def test_vampprior_is_refused_for_conditional_kinds():
-    with pytest.raises(ConfigError, match="ModelConfig.prior"):
-        ModelConfig(kind="cvae", prior="vamp")
-    with pytest.raises(ConfigError, match="ModelConfig.prior"):
-        ModelConfig(prior="mixture")
-    with pytest.raises(ConfigError, match="ModelConfig.pseudo_inputs"):
-        ModelConfig(prior="vamp", pseudo_inputs=0)
+    with pytest.raises(ConfigError, match="ModelConfig.density.prior"):
+        ModelConfig(kind="cvae", density=DensityConfig(prior="vamp"))
+    with pytest.raises(ConfigError, match="ModelConfig.density.prior"):
+        ModelConfig(density=DensityConfig(prior="mixture"))
+    with pytest.raises(ConfigError, match="ModelConfig.density.pseudo_inputs"):
+        ModelConfig(density=DensityConfig(prior="vamp", pseudo_inputs=0))
 
 
 def test_the_default_prior_is_the_vampprior_for_kind_vae_and_normal_for_the_conditional_kinds():
-    assert ModelConfig().prior is None and ModelConfig().pseudo_inputs == 100
+    assert ModelConfig().density.prior is None and ModelConfig().density.pseudo_inputs == 100
     assert ModelConfig().prior_name == "vamp"
-    assert ModelConfig(kind="cvae").prior_name == ModelConfig(kind="m2", alpha=1.0).prior_name == "gaussian"
-    assert ModelConfig(prior="gaussian").prior_name == "gaussian"
+    assert ModelConfig(kind="cvae").prior_name == ModelConfig(kind="m2", m2=M2Config(alpha=1.0)).prior_name == "gaussian"
+    assert ModelConfig(density=DensityConfig(prior="gaussian")).prior_name == "gaussian"
     assert ModelConfig().override("kind=cvae").prior_name == "gaussian"
     # a config saved before the default changed keeps its explicit prior
     assert ModelConfig.from_dict({"prior": "gaussian", "pseudo_inputs": 500}).prior_name == "gaussian"
@@ -165,7 +167,7 @@ def test_the_default_prior_is_the_vampprior_for_kind_vae_and_normal_for_the_cond
 
 
 def test_vampprior_trains_with_importance_samples():
-    vae = VAE(ModelConfig(**VAMP, train_samples=4), seed=0)
+    vae = VAE(ModelConfig(**with_density(VAMP, train_samples=4)), seed=0)
     terms = vae.loss_terms(patterns(8), seed=tf.constant([0, 1], tf.int64))
     assert all(t.shape == (8,) for t in terms.values()) and np.all(np.isfinite(terms["loss"]))
     assert terms["reconstruction"].numpy().mean() + terms["kl"].numpy().mean() >= terms["loss"].numpy().mean()

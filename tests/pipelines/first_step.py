@@ -21,12 +21,14 @@ def main(replicas: int, kind: str = "vae") -> None:
     import tensorflow as tf
 
     from model import ModelConfig, build_model
+    from model.config import DensityConfig, M2Config
     from pipelines.train.trainer import Trainer
 
     keras.utils.set_random_seed(0)
     # N(0, I): with the posterior's variance pinned near zero below, a VampPrior's
     # components would be near-delta densities (the check is of the update, not the prior).
-    extra = dict(kind="m2", alpha=2.0, num_classes=4) if kind == "m2" else dict(prior="gaussian")
+    extra = (dict(kind="m2", m2=M2Config(alpha=2.0), num_classes=4) if kind == "m2"
+             else dict(density=DensityConfig(prior="gaussian")))
     with cluster.strategy.scope():
         config = ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(32,), **extra)
         vae = build_model(config, seed=0)

@@ -11,7 +11,7 @@ from pipelines.config import DataConfig
 
 @pytest.fixture(scope="module")
 def builder(tfds_dir):
-    return data.get_builder(DataConfig(data_dir=tfds_dir))
+    return data.get_builder(DataConfig.from_dict({"data_dir": tfds_dir}))
 
 
 def idx_split(prefix):
@@ -41,7 +41,7 @@ def test_prepared_offline_as_the_standard_tfds_dataset(builder):
 
 
 def test_training_batches_are_dynamically_binarised(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir, train_split="train[:512]", shuffle_buffer=1)
+    config = DataConfig.from_dict({"data_dir": tfds_dir, "train_split": "train[:512]", "shuffle_buffer": 1})
     ds = data.training_dataset(builder, config, config.train_split, 256, binarize=True, seed=0)
     first_epoch = [x.numpy() for x, _ in ds]
     second_epoch = [x.numpy() for x, _ in ds]
@@ -55,7 +55,7 @@ def test_training_batches_are_dynamically_binarised(builder, tfds_dir):
 
 
 def test_in_memory_epochs_are_fresh_permutations(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir)
+    config = DataConfig.from_dict({"data_dir": tfds_dir})
     split = "train[:1000]"
     whole = builder.as_dataset(split=split, shuffle_files=False, batch_size=-1)
     known = {image.tobytes(): int(label) for image, label in
@@ -75,7 +75,7 @@ def test_in_memory_epochs_are_fresh_permutations(builder, tfds_dir):
 
 
 def test_in_memory_batches_are_dynamically_binarised(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir)
+    config = DataConfig.from_dict({"data_dir": tfds_dir})
     ds = data.in_memory_training_dataset(builder, config, "train[:512]", 512, binarize=True, seed=0)
     first, second = [x.numpy() for x, _ in ds.take(2)]  # the same 512 images, two epochs
     assert first.shape == (512, 28, 28, 1) and first.dtype == np.float32
@@ -86,7 +86,7 @@ def test_in_memory_batches_are_dynamically_binarised(builder, tfds_dir):
 
 
 def test_grey_batches_keep_labels(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir)
+    config = DataConfig.from_dict({"data_dir": tfds_dir})
     ds = data.training_dataset(builder, config, "train[:300]", 100, binarize=False, seed=0)
     x, y = next(iter(ds))
     x = x.numpy()
@@ -95,7 +95,7 @@ def test_grey_batches_keep_labels(builder, tfds_dir):
 
 
 def test_evaluation_batches_are_fixed(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir)
+    config = DataConfig.from_dict({"data_dir": tfds_dir})
     ds = data.evaluation_dataset(builder, config, "test", 250, binarize=True, seed=5, limit=500)
     a = np.concatenate([x.numpy() for x, _ in ds])
     b = np.concatenate([x.numpy() for x, _ in ds])
@@ -105,7 +105,7 @@ def test_evaluation_batches_are_fixed(builder, tfds_dir):
 
 
 def test_resizing(builder, tfds_dir):
-    config = DataConfig(data_dir=tfds_dir, image_size=(16, 20))
+    config = DataConfig.from_dict({"data_dir": tfds_dir, "image_size": [16, 20]})
     assert data.image_shape(builder, config) == (16, 20, 1)
     x, _ = next(iter(data.evaluation_dataset(builder, config, "test", 4, binarize=False, seed=0, limit=4)))
     assert x.shape == (4, 16, 20, 1)
@@ -113,17 +113,17 @@ def test_resizing(builder, tfds_dir):
 
 def test_unknown_dataset_is_named(tmp_path):
     with pytest.raises(data.DataError, match="unknown dataset 'fashion_mnistt'"):
-        data.get_builder(DataConfig(dataset="fashion_mnistt", data_dir=str(tmp_path)))
+        data.get_builder(DataConfig.from_dict({"dataset": "fashion_mnistt", "data_dir": str(tmp_path)}))
 
 
 def test_dataset_without_images_is_refused(tmp_path):
     with pytest.raises(data.DataError, match="no 'image' feature"):
-        data.get_builder(DataConfig(dataset="glue", data_dir=str(tmp_path)))
+        data.get_builder(DataConfig.from_dict({"dataset": "glue", "data_dir": str(tmp_path)}))
 
 
 def test_missing_dataset_fails_offline_with_advice(tmp_path):
     with pytest.raises(data.DataError, match="--download") as err:
-        data.get_builder(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+        data.get_builder(DataConfig.from_dict({"dataset": "mnist", "data_dir": str(tmp_path)}))
     assert "--data-dir" in str(err.value) and "not prepared" in str(err.value)
 
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 import pipelines.encode as encode_package
 from pipelines.encode import EncodeConfig, encode
 from pipelines.encode.signatures import describe_export
+from pipelines.sources import SourceSpec
 from serving import contract as C
 from tests.pipelines.encode_fixtures import (
     column, export_encode, export_tiny_vae, fashion_images, manifest, read_rows, run, tiny_export,
@@ -191,8 +192,8 @@ def test_model_folder_means_its_latest_version(tmp_path, tfds_dir):
     assert (info.version, info.path, info.image_shape, info.latent_dim) == (2, str(latest), (28, 28, 1), 4)
     images, _ = fashion_images(tfds_dir, "test", 5)
     np.save(tmp_path / "x.npy", images)
-    m = encode(EncodeConfig(model=str(first.parent), out=str(tmp_path / "out"), input_kind="npy",
-                            paths=(str(tmp_path / "x.npy"),), progress=False))
+    m = encode(EncodeConfig(model=str(first.parent), out=str(tmp_path / "out"),
+                            source=SourceSpec(kind="npy", paths=(str(tmp_path / "x.npy"),)), progress=False))
     assert m["model"]["version"] == 2
     np.testing.assert_allclose(column(read_rows(tmp_path / "out"), C.Z_MEAN),
                                export_encode(latest, images.astype(np.float32) / 255)[C.Z_MEAN], atol=1e-6)
@@ -207,9 +208,10 @@ def test_the_encoder_never_imports_the_model_package(tiny_export, tfds_dir, tmp_
         "import sys; from pipelines.cli import main\n"
         f"assert main(['encode', '--model', {str(export_dir)!r}, '--npy', {str(tmp_path / 'x.npy')!r}, "
         f"'--out', {str(tmp_path / 'out')!r}, '--no-progress']) == 0\n"
-        # The one `vae` parser reads `model.config` (a dataclass) for `vae train`'s choices;
-        # no model code (layers, networks, the model classes) is loaded.
-        "assert not [m for m in sys.modules if m.startswith('model.') and m != 'model.config']\n"
+        # The one `vae` parser reads `model.config` (a dataclass) and the registry of kinds
+        # (`model.kinds`, its classes named by import path) for `vae train`'s choices; no
+        # model code (layers, networks, the model classes) is loaded.
+        "assert not [m for m in sys.modules if m.startswith('model.') and m not in ('model.config', 'model.kinds')]\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -20,10 +20,11 @@ def export_small(base_dir, kind: str):
     import keras
 
     from model import ModelConfig, build_model
+    from model.config import M2Config
     from serving.export import export_model
 
     keras.utils.set_random_seed(0)
-    extra = {"alpha": 1.0} if kind == "m2" else {}
+    extra = {"m2": M2Config(alpha=1.0)} if kind == "m2" else {}
     model = build_model(ModelConfig(kind=kind, **SMALL, **extra), seed=0)
     model.build()
     return export_model(model, base_dir, kind)

@@ -29,7 +29,7 @@ def test_flags_become_the_job_config():
                  "--direct_running_mode=multi_processing")
     assert args.func is encode_cli.run_encode
     config = encode_cli.config_from_args(args)
-    assert (config.input_kind, config.dataset, config.split) == ("tfds", "fashion_mnist", "train[:10%]")
+    assert (config.source.kind, config.source.dataset, config.source.split) == ("tfds", "fashion_mnist", "train[:10%]")
     assert (config.rows_per_shard, config.log_likelihood, config.output_format) == (500, True, "tfrecord")
     assert config.beam_args == ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
     options = pipeline_options(config.beam_args).get_all_options()
@@ -37,10 +37,10 @@ def test_flags_become_the_job_config():
     assert pipeline_options(["--runner=DataflowRunner"]).get_all_options()["runner"] == "DataflowRunner"
 
     config = encode_cli.config_from_args(parse("--model", "m", "--npy", "a.npy", "b*.npy", "--out", "o"))
-    assert (config.input_kind, config.paths, config.runner) == ("npy", ("a.npy", "b*.npy"), "local")
+    assert (config.source.kind, config.source.paths, config.runner) == ("npy", ("a.npy", "b*.npy"), "local")
     config = encode_cli.config_from_args(parse("--model", "m", "--tfrecord", "r", "--label-feature", "",
                                                "--out", "o"))
-    assert config.label_feature is None and config.image_feature == "image"
+    assert config.source.label_feature is None and config.source.image_feature == "image"
 
 
 @pytest.mark.parametrize("argv, message", [

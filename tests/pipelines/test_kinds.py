@@ -13,6 +13,7 @@ from PIL import Image
 
 from core.config import ConfigError
 from model import CVAE, M2
+from model.config import M2Config
 from pipelines import cli, data, labelled
 from pipelines.config import DataConfig, RunConfig
 from pipelines.train import load_datasets, train
@@ -35,7 +36,7 @@ def config_of(tfds_dir, *overrides):
 
 # === The labelled subset ===
 def test_the_labelled_subset_is_balanced_and_reproducible(tfds_dir):
-    labels = data.split_labels(data.get_builder(DataConfig(data_dir=tfds_dir)), "train")
+    labels = data.split_labels(data.get_builder(DataConfig.from_dict({"data_dir": tfds_dir})), "train")
     assert labels.shape == (60000,)
     first, again = labelled.select(labels, 100, 10, seed=0), labelled.select(labels, 100, 10, seed=0)
     np.testing.assert_array_equal(first, again)
@@ -52,7 +53,7 @@ def test_an_m2_epoch_sees_each_labelled_image_once_and_the_rest_as_minus_one(tfd
                        f"train.steps_per_epoch={TRAIN_IMAGES // 500}", f"data.in_memory_max_mb={in_memory_max_mb}")
     config, datasets = load_datasets(config)
     assert config.model.num_classes == 10
-    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) ** 2)
+    assert config.model.m2.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) ** 2)
     record = datasets.labelled
     assert record["count"] == 50 and record["class_counts"] == {str(k): 5 for k in range(10)}
     seen = np.concatenate([labels.numpy() for _, labels in datasets.train.take(TRAIN_IMAGES // 500)])  # one pass
@@ -122,7 +123,7 @@ def test_m2_reports_its_terms_the_marginal_nll_and_its_accuracy(runs):
     config = RunConfig.load(workdir / "config.json")
     labels = data.split_labels(data.get_builder(config.data), config.data.train_split)
     assert record["indices"] == labelled.select(labels, 20, 10, config.train.seed).tolist()
-    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) ** 2)
+    assert config.model.m2.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) ** 2)
 
 
 @pytest.mark.slow
@@ -154,7 +155,7 @@ def test_cli_flags_reach_the_kind_settings():
     args = cli.build_parser().parse_args(["train", "--workdir", "w", "--kind", "m2",
                                           "--labelled-per-class", "100", "model.alpha=30"])
     config = train_cli.train_config(args)
-    assert (config.model.kind, config.data.labelled_per_class, config.model.alpha) == ("m2", 100, 30.0)
+    assert (config.model.kind, config.data.labelled_per_class, config.model.m2.alpha) == ("m2", 100, 30.0)
     args = cli.build_parser().parse_args(["train", "--workdir", "w", "--kind", "cvae", "--condition", "top_half"])
     assert train_cli.train_config(args).model.condition == "top_half"
 
@@ -171,8 +172,8 @@ def test_an_m2_checkpoint_restores_the_classifier_too(shift, tmp_path):
 
     def trainer_of():
         model = build_model(ModelConfig(kind="m2", image_shape=(8, 8, 1), latent_dim=3,
-                                        hidden_units=(16,), num_classes=4, alpha=1.0,
-                                        classifier_shift=shift), seed=0)
+                                        hidden_units=(16,), num_classes=4,
+                                        m2=M2Config(alpha=1.0, classifier_shift=shift)), seed=0)
         model.build()
         model.compile(optimizer=keras.optimizers.Adam(1e-2))
         return model, Trainer(model, make_cluster("default", 0), global_batch=8, workdir=tmp_path,

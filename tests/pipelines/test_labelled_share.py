@@ -12,6 +12,7 @@ import pytest
 
 from core.config import ConfigError
 from pipelines import cli, data
+from pipelines.batches import in_memory_batches
 from pipelines.config import DataConfig, RunConfig, resolve_config
 from pipelines.train import load_datasets
 from pipelines.train import cli as train_cli
@@ -67,7 +68,7 @@ def test_every_tfds_batch_holds_the_share_of_labelled_images_from_the_recorded_s
     assert datasets.steps_per_epoch == 50  # an epoch stays one pass of the split: 5000 // 100
     record = datasets.labelled
     assert record["count"] == 50
-    whole = datasets.builder.as_dataset(split="train[:5000]", shuffle_files=False, batch_size=-1)
+    whole = datasets.data.builder.as_dataset(split="train[:5000]", shuffle_files=False, batch_size=-1)
     subset_images = whole["image"].numpy()[record["indices"]]
     seen = batches(datasets, 10)  # 300 labelled rows: six passes over the 50 labelled images
     assert all(images.shape == (100, 28, 28, 1) for images, _ in seen)
@@ -108,7 +109,7 @@ def test_every_own_data_batch_holds_the_share_of_labelled_images_from_the_record
                        "data.labelled_share=0.25", "train.batch_size=16",
                        f"data.in_memory_max_mb={in_memory_max_mb}")
     config, datasets = load_datasets(config)
-    own = datasets.own
+    own = datasets.data
     assert (own.images is None) == (in_memory_max_mb == 0)
     assert datasets.steps_per_epoch == own.count("train") // 16
     record = datasets.labelled
@@ -124,21 +125,21 @@ def test_every_own_data_batch_holds_the_share_of_labelled_images_from_the_record
 def test_held_images_all_labelled_cannot_fill_a_share():
     images = np.zeros((40, 4, 4, 1), np.uint8)
     with pytest.raises(data.DataError, match="all labelled"):
-        data.in_memory_batches(images, np.arange(40) % 2, 8, binarize=False, seed=0, labelled_per_batch=4)
+        in_memory_batches(images, np.arange(40) % 2, 8, binarize=False, seed=0, labelled_per_batch=4)
 
 
 # === M2's alpha ===
 def test_the_default_alpha_with_a_share_is_a_tenth_of_n_over_n_labelled_over_the_share(tfds_dir):
-    builder = data.get_builder(DataConfig(data_dir=tfds_dir))
+    tfds_data = data.open_training_data(DataConfig.from_dict({"data_dir": tfds_dir}))
     base = (f'data.data_dir="{tfds_dir}"', "data.labelled_per_class=5")
-    shared, _ = resolve_model(config_of(*base, "data.labelled_share=0.25"), builder)
-    assert shared.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / 0.25)
-    natural, _ = resolve_model(config_of(*base), builder)
-    assert natural.model.alpha == 0.1 * (TRAIN_IMAGES / 50) ** 2  # today's value, unchanged
+    shared, _ = resolve_model(config_of(*base, "data.labelled_share=0.25"), tfds_data)
+    assert shared.model.m2.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / 0.25)
+    natural, _ = resolve_model(config_of(*base), tfds_data)
+    assert natural.model.m2.alpha == 0.1 * (TRAIN_IMAGES / 50) ** 2  # today's value, unchanged
     # The general formula at the natural share is today's.
-    assert natural.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / (50 / TRAIN_IMAGES))
-    explicit, _ = resolve_model(config_of(*base, "data.labelled_share=0.25", "model.alpha=3"), builder)
-    assert explicit.model.alpha == 3.0
+    assert natural.model.m2.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 50) / (50 / TRAIN_IMAGES))
+    explicit, _ = resolve_model(config_of(*base, "data.labelled_share=0.25", "model.alpha=3"), tfds_data)
+    assert explicit.model.m2.alpha == 3.0
 
 
 # === Configs refused ===
@@ -189,4 +190,4 @@ def test_a_short_m2_run_with_a_labelled_share_trains_on_half_labelled_batches(tf
     assert history["labelled"] == [0.5, 0.5]  # 32 of every 64 training images were labelled
     config = RunConfig.load(workdir / "config.json")
     assert config.data.labelled_share == 0.5
-    assert config.model.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) / 0.5)
+    assert config.model.m2.alpha == pytest.approx(0.1 * (TRAIN_IMAGES / 200) / 0.5)

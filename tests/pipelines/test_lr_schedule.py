@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from core.config import ConfigError
 from model import VAE, ModelConfig
+from model.config import DensityConfig
 from pipelines.config import RunConfig, TrainConfig
 from pipelines.distribute import make_cluster
 from pipelines.optimizers import FusedAdam
@@ -22,9 +23,11 @@ from pipelines.train.trainer import Trainer, lr_factor
 BASE_LR = 1e-3
 
 
-def tiny_model(cls=VAE, **config):
+def tiny_model(cls=VAE, train_samples: int = 1, **config):
+    """A built, compiled tiny model of k = `train_samples` and these other settings."""
     keras.utils.set_random_seed(0)
-    model = cls(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(16,), **config), seed=0)
+    model = cls(ModelConfig(image_shape=(8, 8, 1), latent_dim=3, hidden_units=(16,),
+                            density=DensityConfig(train_samples=train_samples), **config), seed=0)
     model.build()
     model.compile(optimizer=FusedAdam(BASE_LR))
     return model
@@ -147,7 +150,7 @@ def test_the_output_bias_is_the_logit_of_the_mean_training_image(tfds_dir):
     vae = build_model(config)
     init_output_bias(vae, config, datasets)
     images = np.stack([x["image"] for x in tfds.as_numpy(
-        datasets.builder.as_dataset(split="train[:600]", shuffle_files=False))]).astype("float64") / 255.0
+        datasets.data.builder.as_dataset(split="train[:600]", shuffle_files=False))]).astype("float64") / 255.0
     p = np.clip(images.mean(axis=0), 1e-4, 1 - 1e-4)
     expected = np.log(p / (1 - p)).reshape(-1)
     np.testing.assert_allclose(vae.decoder.out.bias.numpy(), expected, rtol=1e-4, atol=1e-4)

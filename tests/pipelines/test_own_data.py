@@ -260,7 +260,7 @@ def test_an_image_of_another_shape_is_a_bad_input_without_resize(tmp_path):
     config = own_config('data.source="images"', f'data.paths=["{root}"]').data
     with pytest.raises(SourceError, match="bad input squares/zz_big.png: image is 30x30x3"):
         open_own_data(config)
-    resized = open_own_data(dataclasses.replace(config, resize=True))
+    resized = open_own_data(dataclasses.replace(config, source=dataclasses.replace(config.source, resize=True)))
     assert resized.image_shape == (HEIGHT, WIDTH, 3) and not resized.skipped
 
 
@@ -290,7 +290,7 @@ def test_vae_tune_searches_on_a_folder_and_exports_the_best_with_its_class_names
                      "model.hidden_units=[32]", "train.batch_size=8", "train.steps_per_epoch=3",
                      "train.iwae_k=4", "train.eval_batch_size=16", "train.tensorboard=false"]) == 0
     best = RunConfig.load(workdir / "best_config.json")
-    assert (best.data.source, best.data.class_names, best.model.image_shape) == ("images", CLASSES, (HEIGHT, WIDTH, 3))
+    assert (best.data.source.kind, best.data.class_names, best.model.image_shape) == ("images", CLASSES, (HEIGHT, WIDTH, 3))
     assert json.loads((workdir / "best" / "metrics.json").read_text())["eval_examples"] == 4  # the test images
     contract = next((workdir / "exports").glob(f"*/1/assets.extra/{C.CONTRACT_FILE}"))
     assert json.loads(contract.read_text())[C.CLASS_NAMES_FIELD] == list(CLASSES)
@@ -302,7 +302,7 @@ def test_tune_takes_the_same_input_flags_and_holds_no_tfds_split_for_own_data(ph
     args = cli.build_parser().parse_args(["tune", "--workdir", "w", "--images", str(photos),
                                           "--image-size", "16x16", "--skip-bad"])
     config = tune_cli.tune_config(args)
-    assert (config.data.source, config.data.paths, config.data.image_size) == ("images", (str(photos),), (16, 16))
+    assert (config.data.source.kind, config.data.source.paths, config.data.image_size) == ("images", (str(photos),), (16, 16))
     # Own data is split by seed (data.validation_fraction, data.test_fraction); the tfds
     # split expressions are not applied to it.
-    assert config.data.skip_bad and config.data.own
+    assert config.data.source.skip_bad and config.data.own

@@ -182,6 +182,7 @@ def test_an_m2_base_tunes_with_the_default_space(tfds_dir, tmp_path):
     tune(config, tmp_path / "w", settings, verbose=0)
     (trial,) = trials_of(tmp_path / "w")
     assert np.isfinite(trial["objective"])
-    assert "model.prior" not in trial["hyperparameters"] and "model.train_samples" not in trial["hyperparameters"]
+    assert "model.density.prior" not in trial["hyperparameters"]
+    assert "model.density.train_samples" not in trial["hyperparameters"]
     best = RunConfig.from_dict(json.loads((tmp_path / "w" / "best_config.json").read_text()))
     assert best.model.kind == "m2"

@@ -51,8 +51,8 @@ def test_default_space_ships_with_the_package_and_is_valid():
 
 @pytest.mark.parametrize("kind, left_out", [
     ("vae", set()),
-    ("cvae", {"model.prior", "model.pseudo_inputs", "model.stochastic_layers"}),
-    ("m2", {"model.prior", "model.pseudo_inputs", "model.stochastic_layers", "model.train_samples",
+    ("cvae", {"model.density.prior", "model.density.pseudo_inputs", "model.density.stochastic_layers"}),
+    ("m2", {"model.density.prior", "model.density.pseudo_inputs", "model.density.stochastic_layers", "model.density.train_samples",
             "train.iwae_start_fraction"}),
 ])
 def test_the_default_space_searches_only_what_the_base_kind_has(kind, left_out):
@@ -66,21 +66,31 @@ def test_the_default_space_searches_only_what_the_base_kind_has(kind, left_out):
 
 def test_a_condition_on_a_base_field_keeps_or_drops_the_entry_and_its_children():
     space = {
-        "model.prior": {"type": "choice", "values": ["gaussian", "vamp"], "when": {"model.kind": ["vae"]}},
-        "model.pseudo_inputs": {"type": "int", "min": 25, "max": 50, "when": {"model.prior": ["vamp"]}},
+        "model.density.prior": {"type": "choice", "values": ["gaussian", "vamp"], "when": {"model.kind": ["vae"]}},
+        "model.density.pseudo_inputs": {"type": "int", "min": 25, "max": 50, "when": {"model.density.prior": ["vamp"]}},
         "train.batch_size": {"type": "choice", "values": [64, 128], "when": {"model.hidden_units": [[512, 256]]}},
     }
     vae = SearchSpace(space, RunConfig())
-    assert vae.names == ["model.prior", "model.pseudo_inputs", "train.batch_size"]
-    assert all(e.when is None for e in vae.entries if e.name != "model.pseudo_inputs")
+    assert vae.names == ["model.density.prior", "model.density.pseudo_inputs", "train.batch_size"]
+    assert all(e.when is None for e in vae.entries if e.name != "model.density.pseudo_inputs")
     hp = vae.hyperparameters()
-    hp.values["model.prior"] = "gaussian"
-    assert not hp.is_active("model.pseudo_inputs")
+    hp.values["model.density.prior"] = "gaussian"
+    assert not hp.is_active("model.density.pseudo_inputs")
     cvae = SearchSpace({**space, "model.latent_dim": {"type": "int", "min": 8, "max": 16}},
                        RunConfig().override('model.kind="cvae"').override("model.hidden_units=[256]"))
     assert cvae.names == ["model.latent_dim"]  # the prior, its child and the batch size left out
     with pytest.raises(ConfigError, match="no hyperparameters to search: every entry's"):
-        SearchSpace({"model.prior": space["model.prior"]}, RunConfig().override('model.kind="cvae"'))
+        SearchSpace({"model.density.prior": space["model.density.prior"]}, RunConfig().override('model.kind="cvae"'))
+
+
+def test_a_space_file_may_name_a_field_by_its_name_before_the_sections():
+    old = {"model.prior": {"type": "choice", "values": ["gaussian", "vamp"]},
+           "model.pseudo_inputs": {"type": "int", "min": 25, "max": 50, "when": {"model.prior": ["vamp"]}}}
+    space = SearchSpace(old, RunConfig())
+    assert space.names == ["model.density.prior", "model.density.pseudo_inputs"]
+    assert space.entries[1].when == ("model.density.prior", ("vamp",))
+    config = space.apply(RunConfig(), {"model.density.prior": "vamp", "model.density.pseudo_inputs": 30})
+    assert (config.model.density.prior, config.model.density.pseudo_inputs) == ("vamp", 30)
 
 
 def test_values_land_on_the_run_config():
@@ -148,8 +158,8 @@ def test_values_are_checked_in_a_context_that_can_accept_them():
         ({"model.architecture": {"type": "choice", "values": ["mlp", "conv"]},
           "conv_depth": {"type": "int", "min": 2, "max": 3, "when": {"model.architecture": ["cnn"]}}},
          "entry 'conv_depth': \"when\" value 'cnn' is not a value of 'model.architecture'"),
-        ({"model.latent_dim": {"type": "int", "min": 8, "max": 16, "when": {"model.stochastic_layers": ["2"]}}},
-         "entry 'model.latent_dim': \"when\" value '2' has the wrong type for the config field 'model.stochastic_layers'"),
+        ({"model.latent_dim": {"type": "int", "min": 8, "max": 16, "when": {"model.density.stochastic_layers": ["2"]}}},
+         "entry 'model.latent_dim': \"when\" value '2' has the wrong type for the config field 'model.density.stochastic_layers'"),
         ({"model.latent_dim": {"type": "int", "min": 8, "max": 16, "when": {"model.depth": [2]}}},
          "entry 'model.latent_dim': \"when\" names 'model.depth', which is neither an entry"),
         ({"model.latent_dim": {"type": "int", "min": 0, "max": 8}},
@@ -242,7 +252,7 @@ def test_cli_flags_reach_settings_and_config():
     assert (settings.tuner, settings.max_trials, settings.max_epochs, settings.objective,
             settings.iwae_k, settings.retrain) == ("bayesian", 7, 3, "iwae_nll", 50, True)
     config = tune_cli.tune_config(args)
-    assert (config.model.latent_dim, config.data.data_dir) == (4, "/d")
+    assert (config.model.latent_dim, config.data.source.data_dir) == (4, "/d")
     # The search validates on data held out of the training split, never on the test split.
     assert (config.data.train_split, config.data.validation_split) == ("train[:90%]", "train[90%:]")
     assert args.func is tune_cli.run_tune

@@ -20,10 +20,11 @@ def build_vae(seed: int = 0):
     import keras
 
     from model import VAE, ModelConfig
+    from model.config import DensityConfig
 
     keras.utils.set_random_seed(seed)
-    vae = VAE(ModelConfig(image_shape=IMAGE_SHAPE, latent_dim=LATENT_DIM, hidden_units=(32,), prior="gaussian"),
-              seed=seed)
+    vae = VAE(ModelConfig(image_shape=IMAGE_SHAPE, latent_dim=LATENT_DIM, hidden_units=(32,),
+                          density=DensityConfig(prior="gaussian")), seed=seed)
     vae(np.zeros((1, *IMAGE_SHAPE), "float32"))
     return vae
 
@@ -87,9 +88,10 @@ def build_conditional(kind: str = "cvae", condition: str = "label", seed: int = 
     import keras
 
     from model import ModelConfig, build_model
+    from model.config import M2Config
 
     keras.utils.set_random_seed(seed)
-    extra = {"alpha": 1.0} if kind == "m2" else {"condition": condition}
+    extra = {"m2": M2Config(alpha=1.0)} if kind == "m2" else {"condition": condition}
     config = ModelConfig(kind=kind, image_shape=SMALL_IMAGE_SHAPE, latent_dim=3, hidden_units=(16,),
                          num_classes=NUM_CLASSES, **extra)
     model = build_model(config, seed=seed)

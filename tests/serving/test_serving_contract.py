@@ -64,8 +64,10 @@ def test_each_kind_has_its_signatures_and_label_kinds_take_labels():
     classify = C.signatures_for(C.M2_KIND)[C.CLASSIFY]
     assert classify.outputs[0].resolve((8, 8, 1), 3, 4) == (None, 4)
     assert C.default_signature_for(C.HALF_KIND) == C.COMPLETE and C.GENERATE not in C.signatures_for(C.HALF_KIND)
-    assert C.serving_kind("vae", None) == C.PLAIN_KIND and C.serving_kind("m2", "label") == C.M2_KIND
-    assert C.serving_kind("cvae", "label") == C.LABEL_KIND and C.serving_kind("cvae", "top_half") == C.HALF_KIND
+    assert C.kind_of_features(False, False, False) == C.PLAIN_KIND and C.kind_of_features(True, True, False) == C.M2_KIND
+    assert C.kind_of_features(True, False, False) == C.LABEL_KIND and C.kind_of_features(False, False, True) == C.HALF_KIND
+    with pytest.raises(ValueError, match="no served kind"):
+        C.kind_of_features(False, True, True)
     with pytest.raises(ValueError, match="unknown served kind"):
         C.signatures_for("gan")
 
