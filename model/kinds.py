@@ -2,11 +2,12 @@
 
 Each kind declares, in `REGISTRY`, everything the rest of the project asks of it: its
 model class for each number of stochastic layers it supports (kind vae: the two-layer
-`HierarchicalVAE` for `density.stochastic_layers=2`), what its config may set (the conditions,
-the priors, importance-weighted training, whether it reads `ModelConfig.m2`), what it serves beyond
-encode/decode (labels, a half to complete, `classify`; the exporter, the pictures and the
-command line's listing of signatures follow from it) and what `vae tune`'s default space
-adds for it. `ModelConfig` checks a config against its kind's declaration (`check`).
+`HierarchicalVAE` for `density.stochastic_layers=2`), what its config may set (the
+conditions, the priors, importance-weighted training, whether it reads `ModelConfig.m2`),
+what it serves beyond encode/decode (labels, a half to complete, `classify`; the exporter,
+the pictures and the command line's listing of signatures follow from it) and what `vae
+tune`'s default space adds for it. `ModelConfig` checks a config against its kind's
+declaration (`check`).
 
 A new kind is one module with its `VAE` subclass plus one entry here (or one
 `register(name, Kind(...))` call, as a test's kind does).
