@@ -78,11 +78,14 @@ def _coerce(cls_name: str, name: str, hint: Any, value: Any) -> Any:
 class ConfigBase:
     """JSON round-trip and overrides for frozen config dataclasses.
 
-    A subclass may set `FIELD_LABELS` (field -> the flag that sets it, for messages) and
-    `ERROR` (a `ConfigError` subclass of its own package) as `ClassVar`s.
+    A subclass may set `FIELD_LABELS` (field -> the flag that sets it, for messages),
+    `SECTION` (how messages name it when it is a section of another config, e.g.
+    "ModelConfig.m2"; its class name by default) and `ERROR` (a `ConfigError` subclass of
+    its own package) as `ClassVar`s.
     """
 
     FIELD_LABELS: ClassVar[dict[str, str]] = {}
+    SECTION: ClassVar[str] = ""
     ERROR: ClassVar[type[ConfigError]] = ConfigError
     # Fields that moved into a section: the old name -> its dotted path now
     # ("alpha" -> "m2.alpha"). Config files and overrides that spell the old name still
@@ -208,15 +211,16 @@ def require(config: Any, field: str, condition: bool, expectation: str) -> None:
     """The one validation helper of every config dataclass (call it in `__post_init__`).
 
     Raises the config's `ERROR` (a `ConfigError`), "<label> <expectation>, got <value>",
-    unless `condition`; the label is `<Class>.<field>`, or the flag a config made from the
-    command line names in `FIELD_LABELS`.
+    unless `condition`; the label is `<Class>.<field>` (`<SECTION>.<field>` when the config
+    names its section), or the flag a config made from the command line names in
+    `FIELD_LABELS`.
 
     Example:
         >>> require(self, "latent_dim", self.latent_dim > 0, "must be a positive integer")
     """
     if not condition:
         labels = getattr(config, "FIELD_LABELS", {})
-        label = labels.get(field, f"{type(config).__name__}.{field}")
+        label = labels.get(field, f"{getattr(config, 'SECTION', '') or type(config).__name__}.{field}")
         error = getattr(config, "ERROR", ConfigError)
         raise error(f"{label} {expectation}, got {getattr(config, field)!r}")
 

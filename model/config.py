@@ -45,8 +45,7 @@ class DensityConfig(ConfigBase):
             units; `model/hierarchical.py`).
     """
 
-    FIELD_LABELS: ClassVar[dict[str, str]] = {
-        f: f"ModelConfig.density.{f}" for f in ("train_samples", "prior", "pseudo_inputs", "stochastic_layers")}
+    SECTION: ClassVar[str] = "ModelConfig.density"
 
     train_samples: int = 1
     prior: str | None = None
@@ -85,8 +84,7 @@ class M2Config(ConfigBase):
             they are. Evaluation, `classify` and the export always see them as they are.
     """
 
-    FIELD_LABELS: ClassVar[dict[str, str]] = {
-        f: f"ModelConfig.m2.{f}" for f in ("alpha", "classifier", "classifier_shift")}
+    SECTION: ClassVar[str] = "ModelConfig.m2"
 
     alpha: float | None = None
     classifier: str | None = None
