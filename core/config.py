@@ -66,7 +66,7 @@ def _coerce(cls_name: str, name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
-    if isinstance(hint, type) and issubclass(hint, ConfigBase):
+    if is_section(hint):
         if isinstance(value, hint):
             return value
         if not isinstance(value, dict):
@@ -162,7 +162,7 @@ class ConfigBase:
         if parts[0] in cls.MOVED:
             parts = cls.MOVED[parts[0]].split(".") + parts[1:]
         hint = cls._hints().get(parts[0])
-        if len(parts) > 1 and isinstance(hint, type) and issubclass(hint, ConfigBase):
+        if len(parts) > 1 and is_section(hint):
             return [parts[0], *hint.resolve_path(parts[1:])]
         return parts
 
@@ -205,6 +205,12 @@ class ConfigBase:
         else:
             new = _coerce(type(self).__name__, name, self._hints()[name], value)
         return dataclasses.replace(self, **{name: new})
+
+
+def is_section(hint: Any) -> bool:
+    """Whether a field's type hint is a config of its own (a section: `RunConfig.model`,
+    `ModelConfig.density`)."""
+    return isinstance(hint, type) and issubclass(hint, ConfigBase)
 
 
 def require(config: Any, field: str, condition: bool, expectation: str) -> None:

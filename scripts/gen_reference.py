@@ -199,13 +199,13 @@ def _config_rows(path: str, defaults, kind: str | None = None) -> list[str]:
     """The table rows of a config's fields as config.json spells them (DataConfig's source
     fields flat, `_field_names`); a section inside it (`model.density`) row by row too, and
     a section named after a model kind (`model.m2`) applies to that kind."""
-    from core.config import ConfigBase
+    from core.config import is_section
     from model.kinds import REGISTRY
 
     cls = type(defaults)
     values, hints, meanings, rows = defaults.to_dict(), cls._hints(), docstring_args(cls), []
     for name in cls._field_names():
-        if isinstance(hints[name], type) and issubclass(hints[name], ConfigBase):
+        if is_section(hints[name]):
             rows += _config_rows(f"{path}.{name}", getattr(defaults, name), name if name in REGISTRY else None)
             continue
         meaning = meanings.get(name, "")

@@ -9,7 +9,7 @@ import types
 import typing
 from typing import Any
 
-from core.config import ConfigBase
+from core.config import is_section
 from pipelines.config import RunConfig
 
 # Names that are not config fields: each pair of numbers sets one tuple field.
@@ -47,10 +47,6 @@ def value_of(config: RunConfig, path: str):
     return functools.reduce(getattr, path.split("."), config)
 
 
-def _is_section(hint) -> bool:
-    return isinstance(hint, type) and issubclass(hint, ConfigBase)
-
-
 def field_type(path: str) -> str | None:
     """The JSON-level type of a field of RunConfig at a dotted path (`model.latent_dim`,
     `model.density.prior`), or None if unknown (or a whole section)."""
@@ -58,10 +54,10 @@ def field_type(path: str) -> str | None:
     cls = RunConfig
     for part in sections:
         cls = cls._hints().get(part)
-        if not _is_section(cls):
+        if not is_section(cls):
             return None
     hint = cls._hints().get(name)
-    if not sections or hint is None or _is_section(hint):
+    if not sections or hint is None or is_section(hint):
         return None
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
