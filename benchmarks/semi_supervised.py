@@ -13,7 +13,11 @@
    whole grey-level training split); the figure is the share recognised as the class
    they were generated for, and its ratio to the judge's accuracy on the real test
    images (target >= 0.95).
-3. A `left_half` CVAE trained for `--cvae-budget` seconds completes the right half of
+3. The classification accuracy score of the label CVAE and M2 trained by parts 1-2: a
+   CNN trained only on `--cas-images` generated images, tested on the real test split,
+   beside the same CNN trained on real images (the whole training split, and the 1,000
+   labelled ones).
+4. A `left_half` CVAE trained for `--cvae-budget` seconds completes the right half of
    every test image from its (binarised) left half; the mean squared error against the
    grey-level truth (the mean of 16 completions, and the decoder's mean at z = 0) is
    compared with filling in the training split's mean image.
@@ -124,12 +128,25 @@ def config_alpha(workdir: Path) -> float:
     return json.loads((workdir / "config.json").read_text())["model"]["m2"]["alpha"]
 
 
-# === 2. CVAE: generated classes recognised by a separate classifier ===
-def cvae_generated_classes(args, out: Path) -> dict:
+def conv_classifier(x, y, epochs: int, seed: int):
+    """The judge and the CAS network: a small CNN (`ConvClassifier`, 32-64 filters, 128
+    units) trained on (x, y) with Adam 1e-3, batch 128; its `predict` gives logits."""
     import keras
-    import numpy as np
 
     from model.classifiers import ConvClassifier
+
+    keras.utils.set_random_seed(seed)
+    network = keras.Sequential([keras.Input(x.shape[1:]), ConvClassifier(10, (32, 64), (128,))])
+    network.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    network.fit(x, y, batch_size=128, epochs=epochs, verbose=0)
+    return network
+
+
+# === 2. CVAE: generated classes recognised by a separate classifier ===
+def cvae_generated_classes(args, out: Path) -> dict:
+    import numpy as np
+
     from pipelines.train import load_saved_model, train
 
     config = settings(args.cvae_budget, args.data_dir, "model.kind=cvae", *args.cvae)
@@ -137,11 +154,7 @@ def cvae_generated_classes(args, out: Path) -> dict:
     cvae = load_saved_model(out / "cvae_label" / "model.keras")
     train_x, train_y = train_images(config)
     test_x, test_y = test_images(config, binarize=False)
-    keras.utils.set_random_seed(config.train.seed)
-    judge = keras.Sequential([keras.Input(train_x.shape[1:]), ConvClassifier(10, (32, 64), (128,))])
-    judge.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    judge.fit(train_x, train_y, batch_size=128, epochs=args.judge_epochs, verbose=0)
+    judge = conv_classifier(train_x, train_y, args.judge_epochs, config.train.seed)
     judge_accuracy = float(judge.evaluate(test_x, test_y, batch_size=1000, verbose=0)[1])
     named = np.argmax(judge.predict(test_x, batch_size=1000, verbose=0), -1)  # real test images, by class
     judge_per_class = [float(np.mean(named[test_y == k] == k)) for k in range(10)]
@@ -157,7 +170,49 @@ def cvae_generated_classes(args, out: Path) -> dict:
             "generated_class_accuracy_per_class": per_class}
 
 
-# === 3. Half completion against the mean image ===
+# === 3. Classification accuracy score of the generators ===
+def classification_accuracy_score(args, out: Path) -> dict:
+    """CAS (Ravuri and Vinyals, 2019): the CNN of `conv_classifier` trained only on
+    `--cas-images` images generated with their requested labels (decoder means, an equal
+    number per class) and tested on the real grey-level test split. Each conditional
+    generator trained by this run (`out`'s `cvae_label` and `m2` workdirs) is scored, and
+    the same CNN trained on real images, the whole training split and the 1,000 labelled
+    ones (M2's, else drawn with seed 0; steps matched to the generated set), is the
+    reference."""
+    import numpy as np
+
+    from pipelines import labelled
+    from pipelines.train import load_saved_model
+
+    config = settings(args.cvae_budget, args.data_dir)
+    train_x, train_y = train_images(config)
+    test_x, test_y = test_images(config, binarize=False)
+    seed, epochs = config.train.seed, args.cas_epochs
+
+    def accuracy(x, y, epochs: int) -> float:
+        network = conv_classifier(x, y, epochs, seed)
+        return float(network.evaluate(test_x, test_y, batch_size=1000, verbose=0)[1])
+
+    wanted = np.repeat(np.arange(10), args.cas_images // 10)
+    scores = {}
+    for name in ("cvae_label", "m2"):
+        if not (out / name / "model.keras").exists():
+            continue
+        generator = load_saved_model(out / name / "model.keras")
+        generated = np.concatenate([np.asarray(generator.generate(wanted[i:i + 1000], seed=[seed, i]))
+                                    for i in range(0, len(wanted), 1000)])
+        scores[f"cas_{name}"] = accuracy(generated, wanted, epochs)
+    record = out / "m2" / "labelled.json"
+    indices = (np.asarray(json.loads(record.read_text())["indices"]) if record.exists()
+               else labelled.select(train_y, args.labelled_per_class, 10, seed=0))
+    steps_matched = max(1, round(epochs * len(wanted) / len(indices)))
+    return {"cas_images": len(wanted), "cas_epochs": epochs, **scores,
+            "real_all_train_accuracy": accuracy(train_x, train_y, epochs),
+            "real_labelled_accuracy": accuracy(train_x[indices], train_y[indices], steps_matched),
+            "real_labelled_epochs": steps_matched}
+
+
+# === 4. Half completion against the mean image ===
 def half_completion(args, out: Path) -> dict:
     import keras
     import numpy as np
@@ -188,16 +243,20 @@ def main() -> None:
     parser.add_argument("--labelled-per-class", type=int, default=100)
     parser.add_argument("--baseline-epochs", type=int, nargs="+", default=[25, 50, 100, 200])
     parser.add_argument("--judge-epochs", type=int, default=3)
+    parser.add_argument("--cas-images", type=int, default=50000, help="images generated per CAS training set")
+    parser.add_argument("--cas-epochs", type=int, default=5, help="epochs of the CAS network")
     parser.add_argument("--skip-baseline", action="store_true", help="M2 alone (e.g. to compare alphas)")
     parser.add_argument("--m2", nargs="*", default=[], help="extra overrides of the M2 run")
     parser.add_argument("--cvae", nargs="*", default=[], help="extra overrides of both CVAE runs")
-    parser.add_argument("--parts", nargs="+", default=["m2", "cvae", "half"], choices=["m2", "cvae", "half"])
+    parser.add_argument("--parts", nargs="+", default=["m2", "cvae", "cas", "half"],
+                        choices=["m2", "cvae", "cas", "half"])
     parser.add_argument("--out", default="runs/semi_supervised")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
-    parts = {"m2": m2_vs_supervised, "cvae": cvae_generated_classes, "half": half_completion}
+    parts = {"m2": m2_vs_supervised, "cvae": cvae_generated_classes, "cas": classification_accuracy_score,
+             "half": half_completion}
     results = {}
     for name in args.parts:
         results[name] = parts[name](args, out)

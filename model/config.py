@@ -121,7 +121,9 @@ class ModelConfig(ConfigBase):
         likelihood: decoder distribution, `"bernoulli"` (logits) or `"gaussian"`.
         gaussian_log_scale: initial (or fixed) log standard deviation of the Gaussian.
         learn_gaussian_scale: learn the Gaussian log-scale (one scalar) by SGD.
-        beta: weight of the KL term in the training objective.
+        beta: weight of the KL term in the training objective; None (the default): the
+            kind's for its condition, `ModelConfig.kl_beta` (4 for a label cvae, whose
+            generated images then show the class they were asked for; 1 otherwise).
         kl_warmup_steps: optimizer steps over which the KL weight ramps from 0 to beta.
         kind: the model kind, one of `model.kinds.REGISTRY`: `"vae"`, `"cvae"`
             (conditional) or `"m2"` (semi-supervised: a label cvae plus a classifier
@@ -156,7 +158,7 @@ class ModelConfig(ConfigBase):
     likelihood: str = "bernoulli"
     gaussian_log_scale: float = 0.0
     learn_gaussian_scale: bool = True
-    beta: float = 1.0
+    beta: float | None = None
     kl_warmup_steps: int = 0
     kind: str = "vae"
     condition: str = "label"
@@ -170,6 +172,14 @@ class ModelConfig(ConfigBase):
         first declared prior, `model/kinds.py`: `"vamp"` for kind vae, `"gaussian"` for
         cvae and m2)."""
         return self.density.prior or kinds.lookup(self.kind).priors[0]
+
+    @property
+    def kl_beta(self) -> float:
+        """The KL weight in use: `beta`, or when it is None the kind's default for its
+        condition (`model/kinds.py` `Kind.betas`: 4 for kind cvae on a label, else 1)."""
+        if self.beta is not None:
+            return float(self.beta)
+        return kinds.lookup(self.kind).beta_for(self.condition)
 
     @property
     def classifier_architecture(self) -> str:
@@ -202,7 +212,7 @@ class ModelConfig(ConfigBase):
         require_choice(self, "block", BLOCKS)
         require(self, "block", self.block == "dense" or self.architecture == "mlp",
                 "must be 'dense' for model.architecture='conv'")
-        require(self, "beta", self.beta >= 0, "must be >= 0")
+        require(self, "beta", self.beta is None or self.beta >= 0, "must be >= 0 or null")
         require(self, "kl_warmup_steps", isinstance(self.kl_warmup_steps, int) and self.kl_warmup_steps >= 0,
                 "must be an integer >= 0")
         require(self, "gaussian_log_scale", -20.0 <= self.gaussian_log_scale <= 20.0,

@@ -84,8 +84,8 @@ class VAE(keras.Model):
     which `keras.fit` (through `compute_loss`) and the project's distributed trainer
     both minimise. Subclasses plug a condition in (`make_condition`): the conditional
     VAE and M2 reuse this forward pass and evaluation with x and c in place of images.
-    While training the KL weight ramps from 0 to `beta` over `kl_warmup_steps` optimizer
-    steps; in evaluation it is 1, so `val_loss` is the true
+    While training the KL weight ramps from 0 to beta (`model_config.kl_beta`) over
+    `kl_warmup_steps` optimizer steps; in evaluation it is 1, so `val_loss` is the true
     negative ELBO in nats per example. `fit` reports `loss`, `reconstruction` and `kl`
     (the unweighted KL).
 
@@ -245,11 +245,11 @@ class VAE(keras.Model):
         if not training:
             return ops.convert_to_tensor(1.0, "float32")
         if self.kl_warmup_ramp is not None:  # a trainer's warm-up by the run's progress
-            return ops.cast(self.kl_warmup_ramp(), "float32") * self.model_config.beta
+            return ops.cast(self.kl_warmup_ramp(), "float32") * self.model_config.kl_beta
         if not self.compiled or self.model_config.kl_warmup_steps == 0:  # (no optimizer yet)
-            return ops.convert_to_tensor(self.model_config.beta, "float32")
+            return ops.convert_to_tensor(self.model_config.kl_beta, "float32")
         return losses.kl_weight(
-            self.optimizer.iterations, self.model_config.beta, self.model_config.kl_warmup_steps
+            self.optimizer.iterations, self.model_config.kl_beta, self.model_config.kl_warmup_steps
         )
 
     def call(self, inputs, training=None, seed=None):

@@ -95,3 +95,21 @@ def test_a_two_layer_model_saved_by_model_save_reloads(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
     assert type(loaded) is HierarchicalVAE and loaded.model_config == model.model_config
     np.testing.assert_allclose(loaded.reconstruct(images), model.reconstruct(images), atol=1e-6)
+
+
+@pytest.mark.parametrize("extra, weight", [
+    (dict(kind="cvae", condition="label"), 4.0),  # the kind's default on a label (Kind.betas)
+    (dict(kind="cvae", condition="left_half"), 1.0),
+    (dict(kind="vae"), 1.0),
+    (dict(kind="m2", m2=M2Config(alpha=1.0)), 1.0),
+    (dict(kind="cvae", condition="label", beta=2.0), 2.0),  # a set beta wins
+    (dict(kind="cvae", condition="label", beta=1.0), 1.0),  # as configs written before the default say
+])
+def test_the_training_kl_weight_is_the_kinds_beta_for_its_condition_unless_beta_is_set(extra, weight):
+    config = ModelConfig(**{**SMALL, **extra})
+    model = build_model(config, seed=0)
+    images = (np.random.default_rng(0).random((6, 8, 8, 1)) > 0.5).astype("float32")
+    labels = np.array([0, 1, 2, 3, 0, 1])
+    outputs = model((images, labels), training=True, seed=np.array([1, 2]))
+    assert config.kl_beta == weight
+    np.testing.assert_allclose(float(sum(model.losses)), weight * float(np.mean(outputs["kl"])), rtol=1e-5)
