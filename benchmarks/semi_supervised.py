@@ -1,4 +1,4 @@
-"""Issue 13's accuracy claims on Fashion-MNIST, one run each, through `vae train`'s code.
+"""The semi-supervised and conditional claims on Fashion-MNIST, one run each, through `vae train`'s code.
 
 1. M2 with `--labelled-per-class` labels per class (the rest of the training split
    unlabelled, label -1) trained for `--budget` seconds of steps, against the same
@@ -13,14 +13,25 @@
    whole grey-level training split); the figure is the share recognised as the class
    they were generated for, and its ratio to the judge's accuracy on the real test
    images (target >= 0.95).
-3. The classification accuracy score of the label CVAE and M2 trained by parts 1-2: a
-   CNN trained only on `--cas-images` generated images, tested on the real test split,
-   beside the same CNN trained on real images (the whole training split, and the 1,000
-   labelled ones).
+3. The classification accuracy score of the label CVAE, M2 and M1+M2 trained by the
+   parts listed before it: a CNN trained only on `--cas-images` generated images, tested
+   on the real test split, beside the same CNN trained on real images (the whole training
+   split, and the 1,000 labelled ones).
 4. A `left_half` CVAE trained for `--cvae-budget` seconds completes the right half of
    every test image from its (binarised) left half; the mean squared error against the
    grey-level truth (the mean of 16 completions, and the decoder's mean at z = 0) is
    compared with filling in the training split's mean image.
+5. M1, the seed's simple route: a plain VAE (kind vae, overrides `--m1`) trained for
+   `--m1-budget` seconds without labels encodes the images, and two classifiers
+   (logistic regression, one Dense layer; an MLP, Dense 256 relu + Dense 10; Adam 1e-3,
+   batch 100) are trained on the codes of M2's labelled images (`labelled.select` with
+   `train.seed`, over the same training split), each epoch on a fresh draw
+   z = mu + sigma * eps of every code. The epoch count (`--m1-epochs`) is chosen on a
+   stratified fifth of the labelled images held out (trained on the rest); the
+   classifier is then retrained on all of them for that count and scored on the test
+   split's z_mean (grey-level images).
+6. M1+M2 (`--kind m1m2`, overrides `--m1m2`) with M2's labels, each stage trained for
+   half of `--budget`, scored by its `classify` on the test images.
 
 Usage (never two benchmarks at once on a 2-core machine):
     flock /tmp/vae-bench.lock .venv/bin/python benchmarks/semi_supervised.py \\
@@ -124,6 +135,34 @@ def m2_vs_supervised(args, out: Path) -> dict:
     }
 
 
+def m1m2_accuracy(args, out: Path) -> dict:
+    """M1+M2 (`vae train --kind m1m2`) with the same labels as M2: each stage trains for
+    half of `--budget`, so the two together take what M2 takes; scored by `classify` on
+    the test images binarised once (as M2) and grey-level."""
+    import numpy as np
+
+    from pipelines.train import load_saved_model, train
+
+    overrides = ["model.kind=m1m2", f"data.labelled_per_class={args.labelled_per_class}", *args.m1m2]
+    config = settings(args.budget / 2, args.data_dir, *overrides)
+    metrics = train(config, out / "m1m2", overwrite=True, verbose=0)
+    m1_metrics = json.loads((out / "m1m2" / "m1" / "metrics.json").read_text())
+    model = load_saved_model(out / "m1m2" / "model.keras")
+
+    def accuracy(binarize: bool) -> float:
+        images, labels = test_images(config, binarize=binarize)
+        predicted = np.concatenate([np.argmax(model.classify(images[i:i + 1000]), -1)
+                                    for i in range(0, len(images), 1000)])
+        return float(np.mean(predicted == labels))
+
+    return {"labelled_per_class": args.labelled_per_class, "alpha": config_alpha(out / "m1m2"),
+            "m1m2_test_accuracy": accuracy(True), "m1m2_test_accuracy_grey": accuracy(False),
+            "m1_train_seconds": m1_metrics["train_seconds"], "m1_epochs": m1_metrics["epochs"],
+            "m1_test_iwae_nll_2000_k100": m1_metrics.get("test_iwae_nll"),
+            "m2_stage_train_seconds": metrics["train_seconds"], "m2_stage_epochs": metrics["epochs"],
+            "m1m2_test_marginal_iwae_nll_2000_k100": metrics.get("test_marginal_iwae_nll")}
+
+
 def config_alpha(workdir: Path) -> float:
     return json.loads((workdir / "config.json").read_text())["model"]["m2"]["alpha"]
 
@@ -175,7 +214,7 @@ def classification_accuracy_score(args, out: Path) -> dict:
     """CAS (Ravuri and Vinyals, 2019): the CNN of `conv_classifier` trained only on
     `--cas-images` images generated with their requested labels (decoder means, an equal
     number per class) and tested on the real grey-level test split. Each conditional
-    generator trained by this run (`out`'s `cvae_label` and `m2` workdirs) is scored, and
+    generator trained by this run (`out`'s `cvae_label`, `m2` and `m1m2` workdirs) is scored, and
     the same CNN trained on real images, the whole training split and the 1,000 labelled
     ones (M2's, else drawn with seed 0; steps matched to the generated set), is the
     reference."""
@@ -195,7 +234,7 @@ def classification_accuracy_score(args, out: Path) -> dict:
 
     wanted = np.repeat(np.arange(10), args.cas_images // 10)
     scores = {}
-    for name in ("cvae_label", "m2"):
+    for name in ("cvae_label", "m2", "m1m2"):
         if not (out / name / "model.keras").exists():
             continue
         generator = load_saved_model(out / name / "model.keras")
@@ -236,10 +275,81 @@ def half_completion(args, out: Path) -> dict:
             "mse_decoder_mean_at_z0": mse(at_mode), "mse_mean_image_fill": mse(mean_fill)}
 
 
+# === 5. M1: classifiers on a plain VAE's codes ===
+def m1_codes(args, out: Path) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pipelines import labelled
+    from pipelines.train import load_saved_model, train
+
+    config = settings(args.m1_budget, args.data_dir, "model.kind=vae", *args.m1)
+    metrics = train(config, out / "m1", overwrite=True, verbose=0)
+    m1 = load_saved_model(out / "m1" / "model.keras")
+    seed = config.train.seed
+
+    def encode(images):  # (z_mean, z_log_var), each (N, latent_dim)
+        chunks = [m1.encode(images[i:i + 2000]) for i in range(0, len(images), 2000)]
+        return tuple(np.concatenate([np.asarray(chunk[j]) for chunk in chunks]) for j in (0, 1))
+
+    train_x, train_y = train_images(config)  # data.train_split, the order M2's subset indexes
+    test_x, test_y = test_images(config, binarize=False)
+    indices = labelled.select(train_y, args.labelled_per_class, 10, seed=seed)  # M2's 1,000 images
+    train_mean, train_log_var = encode(train_x)
+    test_mean, _ = encode(test_x)
+    mean, log_var, y = train_mean[indices], train_log_var[indices], train_y[indices]
+    rng = np.random.default_rng(seed)  # a stratified fifth of the labelled images held out
+    held = np.zeros(len(y), bool)
+    for k in range(10):
+        members = rng.permutation(np.flatnonzero(y == k))
+        held[members[:len(members) // 5]] = True
+
+    def fit(layers, rows, schedule):
+        """Trains a fresh network on the codes of `rows` through the cumulative epoch
+        counts of `schedule`, yielding (network, epochs) after each."""
+        keras.utils.set_random_seed(seed)
+        network = keras.Sequential([keras.Input(mean.shape[1:]), *layers()])
+        network.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        codes = tf.data.Dataset.from_tensor_slices((mean[rows], np.exp(0.5 * log_var[rows]), y[rows]))
+        batches = codes.shuffle(len(codes), seed=seed, reshuffle_each_iteration=True).repeat().batch(100)
+        keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)  # a fresh eps per batch
+        drawn = tf.data.Dataset.zip(batches, keys).map(lambda batch, key: (
+            batch[0] + batch[1] * tf.random.stateless_normal(tf.shape(batch[0]), tf.stack([key, 0])), batch[2]))
+        steps, done = max(1, len(codes) // 100), 0
+        for epochs in schedule:
+            network.fit(drawn, epochs=epochs - done, steps_per_epoch=steps, verbose=0)
+            done = epochs
+            yield network, epochs
+
+    classifiers = {"logistic": lambda: [keras.layers.Dense(10)],
+                   "mlp": lambda: [keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]}
+    result = {
+        "labelled_per_class": args.labelled_per_class, "latent_dim": config.model.latent_dim,
+        "architecture": config.model.architecture, "m1_train_seconds": metrics["train_seconds"],
+        "m1_optimizer_steps": metrics["optimizer_steps"], "m1_epochs": metrics["epochs"],
+        "m1_test_iwae_nll_2000_k100": metrics.get("test_iwae_nll"),
+        "held_out_images": int(held.sum()),
+    }
+    for name, layers in classifiers.items():
+        curve = {epochs: float(network.evaluate(mean[held], y[held], batch_size=1000, verbose=0)[1])
+                 for network, epochs in fit(layers, ~held, sorted(args.m1_epochs))}
+        chosen = max(curve, key=curve.get)  # the fewest epochs among equal accuracies
+        network, _ = list(fit(layers, np.ones(len(y), bool), [chosen]))[-1]
+        result |= {f"{name}_held_out_accuracy_by_epochs": curve, f"{name}_epochs": chosen,
+                   f"{name}_test_accuracy": float(network.evaluate(test_mean, test_y, batch_size=1000,
+                                                                   verbose=0)[1])}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=600.0, help="M2's seconds of training steps")
     parser.add_argument("--cvae-budget", type=float, default=300.0, help="each CVAE's seconds of training")
+    parser.add_argument("--m1-budget", type=float, default=600.0, help="M1's seconds of training")
+    parser.add_argument("--m1-epochs", type=int, nargs="+", default=[25, 50, 100, 200, 400],
+                        help="epoch counts of M1's classifiers, one chosen on held-out labelled images")
     parser.add_argument("--labelled-per-class", type=int, default=100)
     parser.add_argument("--baseline-epochs", type=int, nargs="+", default=[25, 50, 100, 200])
     parser.add_argument("--judge-epochs", type=int, default=3)
@@ -247,16 +357,18 @@ def main() -> None:
     parser.add_argument("--cas-epochs", type=int, default=5, help="epochs of the CAS network")
     parser.add_argument("--skip-baseline", action="store_true", help="M2 alone (e.g. to compare alphas)")
     parser.add_argument("--m2", nargs="*", default=[], help="extra overrides of the M2 run")
+    parser.add_argument("--m1m2", nargs="*", default=[], help="extra overrides of the M1+M2 run")
     parser.add_argument("--cvae", nargs="*", default=[], help="extra overrides of both CVAE runs")
+    parser.add_argument("--m1", nargs="*", default=[], help="extra overrides of the M1 run")
     parser.add_argument("--parts", nargs="+", default=["m2", "cvae", "cas", "half"],
-                        choices=["m2", "cvae", "cas", "half"])
+                        choices=["m2", "m1m2", "m1", "cvae", "cas", "half"])
     parser.add_argument("--out", default="runs/semi_supervised")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     out, started = Path(args.out), time.perf_counter()
     parts = {"m2": m2_vs_supervised, "cvae": cvae_generated_classes, "cas": classification_accuracy_score,
-             "half": half_completion}
+             "half": half_completion, "m1": m1_codes, "m1m2": m1m2_accuracy}
     results = {}
     for name in args.parts:
         results[name] = parts[name](args, out)

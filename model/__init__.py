@@ -1,4 +1,4 @@
-"""The VAE models (`vae`, the conditional `cvae`, the semi-supervised `m2`): configs,
+"""The VAE models (`vae`, the conditional `cvae`, the semi-supervised `m2` and `m1m2`): configs,
 layers, networks, the models and their evaluation. No I/O here.
 
 Loaded lazily (PEP 562): `model.config` and `model.kinds` load neither Keras nor
@@ -16,6 +16,7 @@ _WHERE = {
     "HierarchicalVAE": "model.classes",
     "PseudoInputs": "model.priors",
     "LabelCondition": "model.conditions",
+    "M1M2": "model.classes",
     "M2": "model.classes",
     "MLPClassifier": "model.classifiers",
     "REGISTRY": "model.kinds",

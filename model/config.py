@@ -10,7 +10,7 @@ from model import kinds
 from model.kinds import CONDITIONS, HALF_CONDITIONS
 
 __all__ = ["ARCHITECTURES", "BLOCKS", "CONDITIONS", "HALF_CONDITIONS", "LIKELIHOODS", "PRIORS", "ConfigBase",
-           "ConfigError", "DensityConfig", "M2Config", "ModelConfig"]
+           "ConfigError", "DensityConfig", "M1M2Config", "M2Config", "ModelConfig"]
 
 ARCHITECTURES = ("mlp", "conv")
 # Hidden blocks of the MLP networks (model.networks.BLOCKS): plain, gated or residual dense.
@@ -64,8 +64,8 @@ class DensityConfig(ConfigBase):
 
 @dataclasses.dataclass(frozen=True)
 class M2Config(ConfigBase):
-    """The options of the semi-supervised M2 (`ModelConfig.m2`; other kinds leave them at
-    their defaults).
+    """The options of the semi-supervised M2 (`ModelConfig.m2`), of kinds m2 and m1m2 (whose
+    second stage is an M2); other kinds leave them at their defaults.
 
     Args:
         alpha: the weight of the classification loss -log q(y|x) per labelled example
@@ -99,6 +99,31 @@ class M2Config(ConfigBase):
 
 
 @dataclasses.dataclass(frozen=True)
+class M1M2Config(ConfigBase):
+    """The networks of M1+M2's second stage (`ModelConfig.m1m2`; other kinds leave them at
+    their defaults): an M2 whose x is M1's code z1 (`model/m1m2.py`). The model config's
+    own fields (`architecture`, `latent_dim`, `hidden_units`, ...) describe M1; M2's
+    options (`ModelConfig.m2`: alpha, an MLP classifier) apply to the second stage.
+
+    Args:
+        latent_dim: size of M2's code z2 (the paper's 50), the code the export serves.
+        hidden_units: widths of M2's dense hidden layers over z1 (the paper's one layer of
+            500), for its encoder, decoder and classifier.
+    """
+
+    SECTION: ClassVar[str] = "ModelConfig.m1m2"
+
+    latent_dim: int = 50
+    hidden_units: tuple[int, ...] = (500,)
+
+    def __post_init__(self) -> None:
+        require(self, "latent_dim", isinstance(self.latent_dim, int) and self.latent_dim > 0,
+                "must be a positive integer")
+        require(self, "hidden_units", len(self.hidden_units) > 0
+                and all(isinstance(u, int) and u > 0 for u in self.hidden_units), "must be positive integers")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig(ConfigBase):
     """The networks, the likelihood and the objective of a VAE (kind-specific options in sections).
 
@@ -126,16 +151,18 @@ class ModelConfig(ConfigBase):
             generated images then show the class they were asked for; 1 otherwise).
         kl_warmup_steps: optimizer steps over which the KL weight ramps from 0 to beta.
         kind: the model kind, one of `model.kinds.REGISTRY`: `"vae"`, `"cvae"`
-            (conditional) or `"m2"` (semi-supervised: a label cvae plus a classifier
-            q(y|x); unlabelled examples carry the label -1).
+            (conditional), `"m2"` (semi-supervised: a label cvae plus a classifier
+            q(y|x); unlabelled examples carry the label -1) or `"m1m2"` (an M2 over the
+            codes of a vae, M1, trained first).
         condition: what a cvae is conditioned on (a conditional kind's conditions are
             declared with it, `model/kinds.py`): `"label"` (one-hot class) or the observed
-            half, `"left_half"`, `"right_half"`, `"top_half"`, `"bottom_half"`. A `"vae"`
-            and an `"m2"` keep the default `"label"`.
+            half, `"left_half"`, `"right_half"`, `"top_half"`, `"bottom_half"`. A `"vae"`,
+            an `"m2"` and an `"m1m2"` keep the default `"label"`.
         num_classes: classes of a label-conditioned model (the training pipeline sets it
             from the dataset).
         density: the objective's k, the prior and the stochastic layers (`DensityConfig`).
-        m2: M2's options (`M2Config`).
+        m2: M2's options (`M2Config`), of kinds m2 and m1m2.
+        m1m2: the networks of M1+M2's second stage (`M1M2Config`).
 
     Config files written before the sections existed spell their fields flat
     (`"alpha": 30.0`, `"prior": "vamp"`): they load as they are (`MOVED`), and so do
@@ -165,6 +192,7 @@ class ModelConfig(ConfigBase):
     num_classes: int = 10
     density: DensityConfig = dataclasses.field(default_factory=DensityConfig)
     m2: M2Config = dataclasses.field(default_factory=M2Config)
+    m1m2: M1M2Config = dataclasses.field(default_factory=M1M2Config)
 
     @property
     def prior_name(self) -> str:

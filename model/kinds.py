@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Kind", "REGISTRY", "check", "import_classes", "lookup", "model_class", "names_where", "register"]
 
+# The kind-specific sections of `ModelConfig` (`Kind.sections`).
+SECTIONS = ("m2", "m1m2")
 # What a conditional kind may be conditioned on: the class label, or one observed half of
 # the image (the model's x is then the other half).
 HALF_CONDITIONS = ("left_half", "right_half", "top_half", "bottom_half")
@@ -56,7 +58,12 @@ class Kind:
             (`ModelConfig.density.train_samples` > 1).
         classifies: whether it has q(y|x) and serves `classify`.
         semi_supervised: whether its runs keep only some training labels
-            (`data.labelled_per_class`) and read M2's options (`ModelConfig.m2`).
+            (`data.labelled_per_class`).
+        sections: the kind-specific sections of `ModelConfig` it reads (`"m2"`,
+            `"m1m2"`); every other kind leaves them at their defaults.
+        first_stage: the kind of the run that trains first, whose model this kind's
+            model is built on (`"vae"` for m1m2: the pipeline trains it, or takes a
+            finished one, and the model class's `first_stage_config` describes it).
         tuning: entries `vae tune`'s default space adds for the kind (the space file's
             format, `pipelines/tune/space.py`).
         betas: the default KL weight (`ModelConfig.beta` when it is null) of each condition
@@ -70,6 +77,8 @@ class Kind:
     importance_training: bool = False
     classifies: bool = False
     semi_supervised: bool = False
+    sections: tuple[str, ...] = ()
+    first_stage: str | None = None
     tuning: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     betas: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
@@ -138,6 +147,16 @@ REGISTRY: dict[str, Kind] = {
         conditions=("label",),
         classifies=True,
         semi_supervised=True,
+        sections=("m2",),
+    ),
+    "m1m2": Kind(
+        summary="semi-supervised, an m2 over the codes of a vae trained first",
+        classes={1: "model.m1m2:M1M2"},
+        conditions=("label",),
+        classifies=True,
+        semi_supervised=True,
+        sections=("m2", "m1m2"),
+        first_stage="vae",
     ),
 }
 
@@ -177,10 +196,12 @@ def check(config: ModelConfig) -> None:
     else:
         require(config, "condition", config.condition == "label",
                 f"must be 'label' for model.kind={name} (it is not conditioned)")
-    if not kind.semi_supervised:
-        for field in dataclasses.fields(config.m2):
-            require(config.m2, field.name, getattr(config.m2, field.name) == field.default,
-                    f"is only used by model.kind={names_where(lambda k: k.semi_supervised)}")
+    for section in SECTIONS:
+        if section not in kind.sections:
+            values = getattr(config, section)
+            for field in dataclasses.fields(values):
+                require(values, field.name, getattr(values, field.name) == field.default,
+                        f"is only used by model.kind={names_where(lambda k: section in k.sections)}")
     density = config.density
     require(density, "train_samples", density.train_samples == 1 or kind.importance_training,
             f"must be 1 for model.kind={name} (it has no importance-weighted training)")

@@ -221,6 +221,10 @@ class TrainConfig(ConfigBase):
         iwae_start_fraction: with `model.density.train_samples` k > 1, train on the one-sample
             ELBO (k = 1) for this fraction of the run (of the time budget, or of the
             steps) and on the k-sample IWAE bound after it (0: IWAE from the start).
+        m1_workdir: for a kind trained on a first stage (`model.kind=m1m2`): the workdir of
+            a finished `vae train` run to use as that stage (its model settings and its
+            data must match; `pipelines/train/stages.py`); None (the default): train it
+            in the run's `m1/` folder, with the run's training settings.
     """
 
     epochs: int = 10
@@ -244,6 +248,7 @@ class TrainConfig(ConfigBase):
     init_output_bias: bool = False
     kl_warmup_fraction: float = 0.8
     iwae_start_fraction: float = 0.0
+    m1_workdir: str | None = None
 
     def __post_init__(self) -> None:
         require_choice(self, "strategy", STRATEGIES)
@@ -288,6 +293,10 @@ class RunConfig(ConfigBase):
         if self.train.early_stopping_patience:
             self.check_validation_unseen("train.early_stopping_patience="
                                          f"{self.train.early_stopping_patience} selects the model on it")
+        require(self.train, "m1_workdir", self.train.m1_workdir is None
+                or kinds.lookup(self.model.kind).first_stage is not None,
+                f"is only used by model.kind={kinds.names_where(lambda k: k.first_stage is not None)} "
+                f"(model.kind is {self.model.kind!r})")
         semi_supervised = kinds.lookup(self.model.kind).semi_supervised
         only = (f"is only used by model.kind={kinds.names_where(lambda k: k.semi_supervised)} "
                 f"(model.kind is {self.model.kind!r})")

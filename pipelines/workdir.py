@@ -6,7 +6,8 @@ for its best model:
     config.json      the resolved RunConfig (written before training starts)
     source.json      own data: the files with their sizes and hashes, the classes, the
                      skipped bad inputs and the images of each split (checked on resume)
-    labelled.json    semi-supervised (m2) runs: which training images kept their label
+    labelled.json    semi-supervised (m2, m1m2) runs: which training images kept their label
+    m1/              m1m2 runs: the first stage, M1, a run folder of its own
     checkpoints/     model, optimizer and progress while a run is unfinished
     logs/            TensorBoard: the model's loss terms, KL per latent unit, samples
     model.keras      the trained model (written atomically)

@@ -24,6 +24,7 @@ Examples:
   vae train --workdir runs/photos --images photos/ --image-size 64x64 --likelihood gaussian
   vae train --workdir runs/cvae --images photos/ --image-size 64x64 --kind cvae   # subfolders = classes
   vae train --workdir runs/m2 --kind m2 --labelled-per-class 100
+  vae train --workdir runs/m1m2 --kind m1m2 --labelled-per-class 100   # M1 in runs/m1m2/m1, then M2
   vae train --workdir runs/arrays --npy 'data/*.npy' --labels-file labels.npy --skip-bad
   vae train --workdir runs/2d --latent-dim 2 --epochs 20          # + latent-space plots
   vae train --workdir runs/conv --config my.json model.conv_filters=[32,64] train.learning_rate=5e-4
@@ -91,12 +92,12 @@ def add_kind_flags(p) -> None:
                        + f" ({_default('model.kind')})")
     kinds.add_argument("--condition", choices=CONDITIONS,
                        help="cvae: what it is conditioned on, the class label or an observed half of the "
-                       f"image; vae and m2 keep label ({_default('model.condition')})")
+                       f"image; the other kinds keep label ({_default('model.condition')})")
     kinds.add_argument("--labelled-per-class", type=int, metavar="N",
-                       help="m2: labelled training images per class, the rest get the label -1 "
+                       help="m2, m1m2: labelled training images per class, the rest get the label -1 "
                        f"({_default('data.labelled_per_class')}: every label kept)")
     kinds.add_argument("--labelled-share", type=float, metavar="S",
-                       help="m2 with --labelled-per-class: the share of every batch that is labelled "
+                       help="m2, m1m2 with --labelled-per-class: the share of every batch that is labelled "
                        f"({_default('data.labelled_share')}: the natural proportion)")
 
 
@@ -113,7 +114,7 @@ def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train, evaluate, save and export a VAE in a workdir",
-        description="Trains a VAE (model.kind vae, cvae or m2), evaluates it on the test split "
+        description="Trains a VAE (model.kind vae, cvae, m2 or m1m2), evaluates it on the test split "
         "(negative ELBO, IWAE NLL), saves the model, its config, history.json, metrics.json and "
         "pictures in --workdir, and exports it as a new SavedModel version under WORKDIR/exports/. "
         "A tfds dataset is validated on data.validation_split, held out of its training split "

@@ -24,6 +24,7 @@ from pipelines.config import RunConfig
 from pipelines.distribute import Cluster, make_cluster
 from pipelines.evaluate import evaluate, resolve_iwae_k
 from pipelines.optimizers import FusedAdam
+from pipelines.train import stages
 from pipelines.train.inputs import Datasets, load_datasets, test_dataset, training_images
 from pipelines.train.trainer import Trainer
 from pipelines.workdir import History
@@ -86,14 +87,19 @@ def init_output_bias(vae: VAE, config: RunConfig, datasets: Datasets) -> None:
 
 
 def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, *,
-        verbose: int = 2) -> tuple[VAE, History, Trainer]:
+        verbose: int = 2, first_stage: Path | None = None) -> tuple[VAE, History, Trainer]:
     """Builds the model under the strategy and trains it (resuming from workdir's
-    checkpoints if any). The training code of `vae train` and `vae tune`."""
+    checkpoints if any). The training code of `vae train` and `vae tune`.
+
+    `first_stage`: the trained model a kind with a first stage is built on (M1+M2's M1,
+    `pipelines/train/stages.py`), copied in before training."""
     train_cfg = config.train
     with cluster.strategy.scope():
         vae = build_model(config)
         if train_cfg.init_output_bias:  # a resumed run's checkpoint overwrites it
             init_output_bias(vae, config, datasets)
+        if first_stage is not None:
+            vae.load_first_stage(load_saved_model(first_stage))
     trainer = Trainer(vae, cluster, global_batch=train_cfg.batch_size, workdir=workdir,
                       checkpoint_every_steps=train_cfg.checkpoint_every_steps,
                       jit=train_cfg.jit, tensorboard=train_cfg.tensorboard,
@@ -145,7 +151,12 @@ def train(config: RunConfig, workdir: str | Path, *, overwrite: bool = False,
                  workdir / W.MODEL_FILE)
         vae, history = load_trained(workdir)
     else:
-        vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose)
+        first = stages.first_stage(config, workdir, datasets.source, overwrite=overwrite, verbose=verbose,
+                                   cluster=cluster)
+        if first is not None:  # the first stage's run set the seeds and the precision of its own
+            keras.utils.set_random_seed(config.train.seed)
+            set_precision(config)
+        vae, history, trainer = fit(config, datasets, cluster, workdir, verbose=verbose, first_stage=first)
         if not cluster.is_chief:
             return {}
         save_trained(vae, history, workdir)

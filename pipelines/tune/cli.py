@@ -38,7 +38,7 @@ def register(subparsers) -> None:
         "tune",
         help="search hyperparameters with keras-tuner and export the best model",
         description="Searches model and optimiser settings (a JSON search-space file) with "
-        "keras-tuner, training every trial like `vae train` (model.kind vae, cvae or m2); writes "
+        "keras-tuner, training every trial like `vae train` (model.kind vae, cvae or m2; not m1m2); writes "
         "the ranked trials (trials.csv, trials.json, objective.png), best_config.json, the best "
         "model in best/, and exports it as a new version under WORKDIR/exports/<model_name>/. "
         "Trials are compared on validation images the search never trains on: a tfds dataset's "

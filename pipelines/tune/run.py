@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 
 from core.config import ConfigError
+from model import kinds
 from pipelines.config import RunConfig
 from pipelines.distribute import make_cluster, tf_config
 from pipelines.train import finish, fit, load_datasets, load_saved_model, set_precision
@@ -76,6 +77,7 @@ def tune(config: RunConfig, workdir: str | Path, settings: TuneSettings | None =
     workdir = Path(workdir).absolute()
     where = role()
     _check_strategy(config)
+    _check_kind(config)
     space = SearchSpace.load(settings.space, config)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -101,6 +103,15 @@ def tune(config: RunConfig, workdir: str | Path, settings: TuneSettings | None =
 
 
 # === Before the search ===
+def _check_kind(config: RunConfig) -> None:
+    first_stage = kinds.lookup(config.model.kind).first_stage
+    if first_stage is not None:
+        raise ConfigError(
+            f"vae tune does not search model.kind={config.model.kind!r}, which trains on a finished "
+            f"{first_stage!r} run: tune that run with --kind {first_stage}, then train this kind on it "
+            "with vae train (train.m1_workdir=PATH)")
+
+
 def _check_strategy(config: RunConfig) -> None:
     multiworker = config.train.strategy == "multiworker" or (
         config.train.strategy == "auto" and tf_config().get("cluster"))

@@ -12,7 +12,7 @@ import pytest
 
 from core.config import ConfigError
 from model import ModelConfig, build_model
-from model.config import DensityConfig, M2Config
+from model.config import DensityConfig, M1M2Config, M2Config
 from pipelines.config import RunConfig
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_configs"
@@ -22,8 +22,10 @@ MOVED = {"train_samples": "density", "prior": "density", "pseudo_inputs": "densi
 
 
 def flat(model: dict) -> dict:
-    """A model section as configs were written before the sections: every field flat."""
-    out = {k: v for k, v in model.items() if k not in ("density", "m2")}
+    """A model section as configs were written before the sections: every field flat (the
+    `m1m2` section, added since, must hold its defaults)."""
+    assert model["m1m2"] == M1M2Config().to_dict()
+    out = {k: v for k, v in model.items() if k not in ("density", "m2", "m1m2")}
     return {**out, **model["density"], **model["m2"]}
 
 
