@@ -13,7 +13,7 @@ from keras import ops
 
 from model import evaluation, losses
 from model.conditions import make_condition
-from model.config import ConfigError, DensityConfig, M1M2Config, ModelConfig
+from model.config import ConfigError, DensityConfig, M1M2Config, M2Config, ModelConfig
 from model.draws import posterior_draws, seed_or_fresh, tile_draws
 from model.layers import PACKAGE
 from model.m2 import M2
@@ -88,7 +88,7 @@ class M1M2(VAE):
     def first_stage_config(config: ModelConfig) -> ModelConfig:
         """M1's config: a kind vae with this config's networks and N(0, I), the paper's M1."""
         return dataclasses.replace(config, kind="vae", beta=None, density=DensityConfig(prior="gaussian"),
-                                   m2=type(config.m2)(), m1m2=M1M2Config())
+                                   m2=M2Config(), m1m2=M1M2Config())
 
     def load_first_stage(self, m1: VAE) -> None:
         """Copies a trained M1's weights (a model of `first_stage_config`) into this model.
@@ -161,7 +161,7 @@ class M1M2(VAE):
         images, labels = split_batch(inputs)
         z1_mean, z1_log_var = self.posterior(images)  # (B, D1)
         z1 = ops.stop_gradient(self.sampling([z1_mean, z1_log_var], seed=_fold(seed, 1)))  # (B, D1)
-        outputs = self.m2((self._codes(z1), M2._labels(z1, labels)), training=training, seed=_fold(seed, 2))
+        outputs = self.m2((self._codes(z1), labels), training=training, seed=_fold(seed, 2))
         return {**outputs, "z1": z1}
 
     def terms_of(self, batch, outputs) -> dict:
