@@ -63,7 +63,8 @@ class Kind:
             `"m1m2"`); every other kind leaves them at their defaults.
         first_stage: the kind of the run that trains first, whose model this kind's
             model is built on (`"vae"` for m1m2: the pipeline trains it, or takes a
-            finished one, and the model class's `first_stage_config` describes it).
+            finished one; the model class's `first_stage_config` describes it and its
+            `first_stage_differences` says whether a trained model can serve as one).
         tuning: entries `vae tune`'s default space adds for the kind (the space file's
             format, `pipelines/tune/space.py`).
         betas: the default KL weight (`ModelConfig.beta` when it is null) of each condition

@@ -20,6 +20,12 @@ from model.m2 import M2
 from model.vae import VAE, build_networks, split_batch
 
 
+# The model settings that decide M1's networks, which an M1+M2 copies (its encoder,
+# decoder and likelihood); M1's prior and KL weight shaped its training only.
+NETWORK_FIELDS = ("image_shape", "architecture", "latent_dim", "hidden_units", "conv_filters", "kernel_size",
+                  "activation", "block", "likelihood")
+
+
 def _fold(seed, salt: int):
     """A stateless seed derived from `seed` (None stays None: the layers' own generators)."""
     return None if seed is None else tf.random.experimental.stateless_fold_in(evaluation.as_seed(seed), salt)
@@ -90,17 +96,29 @@ class M1M2(VAE):
         return dataclasses.replace(config, kind="vae", beta=None, density=DensityConfig(prior="gaussian"),
                                    m2=M2Config(), m1m2=M1M2Config())
 
+    @classmethod
+    def first_stage_differences(cls, config: ModelConfig, m1: ModelConfig) -> list[str]:
+        """What keeps a trained model of config `m1` from being the M1 of an M1+M2 of
+        `config`: another kind, more than one stochastic layer, or networks of other
+        settings (`NETWORK_FIELDS`). Its prior and its KL weight may differ: they shaped
+        its training, and the copy reads only its encoder, decoder and likelihood."""
+        expected = cls.first_stage_config(config)
+        differ = [f"model.kind={m1.kind!r} (M1 is a {expected.kind!r})"] if m1.kind != expected.kind else []
+        if m1.density.stochastic_layers != 1:
+            differ.append(f"model.density.stochastic_layers={m1.density.stochastic_layers} (M1 has 1)")
+        return differ + [f"model.{name}={getattr(m1, name)!r} (this M1+M2: {getattr(expected, name)!r})"
+                         for name in NETWORK_FIELDS if getattr(m1, name) != getattr(expected, name)]
+
     def load_first_stage(self, m1: VAE) -> None:
-        """Copies a trained M1's weights (a model of `first_stage_config`) into this model.
+        """Copies a trained M1's weights into this model.
 
         Raises:
-            ConfigError: `m1` is not a model of `first_stage_config(self.model_config)`.
+            ConfigError: `m1` cannot be this model's M1 (`first_stage_differences`).
         """
-        expected = self.first_stage_config(self.model_config)
-        if m1.model_config != expected:
-            differ = sorted(k for k, v in expected.to_dict().items() if m1.model_config.to_dict().get(k) != v)
-            raise ConfigError(f"the first stage's model differs from this M1+M2's M1 in model.{', model.'.join(differ)}"
-                              "; train M1 with the same model settings (or leave train.m1_workdir unset)")
+        differ = self.first_stage_differences(self.model_config, m1.model_config)
+        if differ:
+            raise ConfigError(f"the first stage is not this M1+M2's M1: {'; '.join(differ)}; train M1 with "
+                              "the same model settings (or leave train.m1_workdir unset)")
         for mine, theirs in ((self.encoder, m1.encoder), (self.decoder, m1.decoder),
                              (self.likelihood, m1.likelihood)):
             mine.set_weights(theirs.get_weights())

@@ -1,7 +1,13 @@
 """The batches every training data feeds (`pipelines.data.TrainingData`, tfds or own
 files): shuffled batches streamed through a buffer, batches gathered by index from images
 held in memory, fixed evaluation batches; each binarised by a stateless draw, and with
-`data.labelled_share` a fixed number of labelled examples in every training batch."""
+`data.labelled_share` a fixed number of labelled examples in every training batch.
+
+A training stream is a function of its seed alone, and `start` begins it at that global
+batch (a resumed run's optimizer step): the batches a resumed run sees are those the
+killed run would have seen next, binarised the same. The skip happens before a batch is
+gathered or binarised (held in memory it costs nothing; streamed, the skipped examples are
+still read)."""
 
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ def _binarize(x, seed):
 
 
 def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, seed: int, repeat: bool,
-                     shuffle_buffer: int, labelled_per_batch: int | None = None) -> tf.data.Dataset:
+                     shuffle_buffer: int, labelled_per_batch: int | None = None,
+                     start: int = 0) -> tf.data.Dataset:
     """(image, label) examples (uint8 or float32 images) -> shuffled batches of (images in
     [0, 1], labels), each binarised anew with `binarize` (see `pipelines.data.training_dataset`).
 
@@ -36,7 +43,7 @@ def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, se
     """
     if labelled_per_batch is not None:
         return _mixed_shuffled_batches(ds, batch_size, labelled_per_batch, binarize=binarize, seed=seed,
-                                       shuffle_buffer=shuffle_buffer)
+                                       shuffle_buffer=shuffle_buffer, start=start)
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -54,7 +61,7 @@ def shuffled_batches(ds: tf.data.Dataset, batch_size: int, *, binarize: bool, se
             x = _binarize(x, tf.stack([key, tf.constant(seed, tf.int64)]))
         return x, labels
 
-    ds = tf.data.Dataset.zip(ds, keys)
+    ds = tf.data.Dataset.zip(ds, keys).skip(start)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -74,7 +81,7 @@ def _mix_rows(first, second, key):
 
 
 def _mixed_shuffled_batches(ds: tf.data.Dataset, batch_size: int, labelled_per_batch: int, *,
-                            binarize: bool, seed: int, shuffle_buffer: int) -> tf.data.Dataset:
+                            binarize: bool, seed: int, shuffle_buffer: int, start: int) -> tf.data.Dataset:
     """`shuffled_batches` of a fixed number of labelled examples per batch."""
 
     def kind(keep, size: int, salt: int, cache: bool) -> tf.data.Dataset:
@@ -95,12 +102,12 @@ def _mixed_shuffled_batches(ds: tf.data.Dataset, batch_size: int, labelled_per_b
             x = _binarize(x, noise_key)
         return x, labels
 
-    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
+    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter()).skip(start)
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: int,
-                      labelled_per_batch: int | None = None) -> tf.data.Dataset:
+                      labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
     """Repeated batches gathered by index from images held in memory ((N, H, W, C) uint8 or
     float32, (N,) int64 labels): a fresh permutation every epoch, fresh binarisations
     (see `pipelines.data.in_memory_training_dataset`).
@@ -118,7 +125,7 @@ def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: 
         raise DataError(f"the training images ({count}) are fewer than one batch of {batch_size}")
     if labelled_per_batch is not None:
         return _in_memory_mixed_batches(images, labels, batch_size, labelled_per_batch,
-                                        binarize=binarize, seed=seed)
+                                        binarize=binarize, seed=seed, start=start)
     seed = tf.constant(seed, tf.int64)
 
     def epoch_batches(epoch):
@@ -133,20 +140,23 @@ def in_memory_batches(images, labels, batch_size: int, *, binarize: bool, seed: 
             x = _binarize(x, tf.stack([number, seed]))
         return x, tf.gather(labels, index)
 
-    ds = tf.data.Dataset.counter().flat_map(epoch_batches)
+    # Global batch `start` is batch start % steps of the data's epoch start // steps.
+    ds = tf.data.Dataset.counter(start // steps).flat_map(epoch_batches).skip(start % steps)
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _in_memory_mixed_batches(images: tf.Tensor, labels: tf.Tensor, batch_size: int, labelled_per_batch: int,
-                             *, binarize: bool, seed: int) -> tf.data.Dataset:
+                             *, binarize: bool, seed: int, start: int) -> tf.data.Dataset:
     """`in_memory_batches` of a fixed number of labelled examples per batch."""
     known = labels.numpy() >= 0
     if known.all() or not known.any():
         raise DataError(f"a fixed labelled share of each batch needs labelled and unlabelled training "
                         f"images; these {len(known)} are all {'labelled' if known.any() else 'unlabelled'}")
 
-    def passes(indices: np.ndarray, salt: int) -> tf.data.Dataset:
-        """`indices` without end, in a fresh order (keyed by the seed and the pass) each pass."""
+    def passes(indices: np.ndarray, salt: int, first: int) -> tf.data.Dataset:
+        """`indices` without end, in a fresh order (keyed by the seed and the pass) each
+        pass, from the stream's element `first` on."""
+        count = len(indices)
         indices = tf.constant(indices, tf.int64)
 
         def one_pass(number):
@@ -154,10 +164,13 @@ def _in_memory_mixed_batches(images: tf.Tensor, labels: tf.Tensor, batch_size: i
             order = tf.argsort(tf.random.stateless_uniform(tf.shape(indices), seed=key))
             return tf.data.Dataset.from_tensor_slices(tf.gather(indices, order))
 
-        return tf.data.Dataset.counter().flat_map(one_pass)
+        return tf.data.Dataset.counter(first // count).flat_map(one_pass).skip(first % count)
 
-    labelled = passes(np.flatnonzero(known), 0).batch(labelled_per_batch, drop_remainder=True)
-    unlabelled = passes(np.flatnonzero(~known), 1).batch(batch_size - labelled_per_batch, drop_remainder=True)
+    unlabelled_per_batch = batch_size - labelled_per_batch
+    labelled = passes(np.flatnonzero(known), 0, start * labelled_per_batch).batch(
+        labelled_per_batch, drop_remainder=True)
+    unlabelled = passes(np.flatnonzero(~known), 1, start * unlabelled_per_batch).batch(
+        unlabelled_per_batch, drop_remainder=True)
 
     def gather(first, second, number):
         order_key, noise_key = _batch_keys(seed, number)
@@ -167,7 +180,7 @@ def _in_memory_mixed_batches(images: tf.Tensor, labels: tf.Tensor, batch_size: i
             x = _binarize(x, noise_key)
         return x, tf.gather(labels, index)
 
-    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter())
+    ds = tf.data.Dataset.zip(labelled, unlabelled, tf.data.Dataset.counter(start))
     return ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

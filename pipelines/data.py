@@ -58,8 +58,9 @@ class TrainingData(Protocol):
         """What the workdir's source.json holds; None when the dataset names itself (tfds)."""
 
     def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
-              labelled_per_batch: int | None = None) -> tf.data.Dataset:
-        """Repeated shuffled batches of the training split (see `TfdsData.train`).
+              labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
+        """Repeated shuffled batches of the training split (see `TfdsData.train`), from
+        global batch `start` on (`pipelines.batches`: a resumed run's optimizer step).
         Raises DataError when it holds fewer images than one batch."""
 
     def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
@@ -117,13 +118,14 @@ class TfdsData:
         return None
 
     def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
-              labelled_per_batch: int | None = None) -> tf.data.Dataset:
+              labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
         """Held in memory when one worker trains and the split fits `data.in_memory_max_mb`
         (`in_memory_training_dataset`), streamed otherwise (`training_dataset`)."""
         split = self.split_name("train")
         if self.count("train") < batch_size:
             raise DataError(f"split {split!r} has fewer examples than one batch of {batch_size}")
-        options = dict(binarize=binarize, seed=seed, labelled=labelled, labelled_per_batch=labelled_per_batch)
+        options = dict(binarize=binarize, seed=seed, labelled=labelled, labelled_per_batch=labelled_per_batch,
+                       start=start)
         if self.workers == 1 and in_memory_size_mb(self.builder, self.config, split) <= self.config.in_memory_max_mb:
             return in_memory_training_dataset(self.builder, self.config, split, batch_size, **options)
         return training_dataset(self.builder, self.config, split, batch_size, repeat=True, **options)
@@ -194,7 +196,7 @@ def split_labels(builder, split: str) -> np.ndarray:
 
 def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,
                      seed: int, repeat: bool = False, labelled: np.ndarray | None = None,
-                     labelled_per_batch: int | None = None) -> tf.data.Dataset:
+                     labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
     """Shuffled batches of (images in [0, 1], labels) for training.
 
     With `binarize`, each batch is a fresh Bernoulli draw of the intensities, so an image
@@ -216,7 +218,8 @@ def training_dataset(builder, config: DataConfig, split: str, batch_size: int, *
     if config.cache:
         ds = ds.cache()
     return shuffled_batches(ds, batch_size, binarize=binarize, seed=seed, repeat=repeat,
-                            shuffle_buffer=config.shuffle_buffer, labelled_per_batch=labelled_per_batch)
+                            shuffle_buffer=config.shuffle_buffer, labelled_per_batch=labelled_per_batch,
+                            start=start)
 
 
 def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
@@ -227,7 +230,7 @@ def in_memory_size_mb(builder, config: DataConfig, split: str) -> float:
 
 def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_size: int, *,
                                binarize: bool, seed: int, labelled: np.ndarray | None = None,
-                               labelled_per_batch: int | None = None) -> tf.data.Dataset:
+                               labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
     """Repeated global batches of (images in [0, 1], labels) from the split held in memory.
 
     The split is decoded once into a uint8 array. Each epoch is a fresh permutation
@@ -248,7 +251,7 @@ def in_memory_training_dataset(builder, config: DataConfig, split: str, batch_si
     if labelled is not None:
         labels = tf.where(tf.constant(labelled, tf.bool), labels, tf.constant(-1, tf.int64))
     return in_memory_batches(images, labels, batch_size, binarize=binarize, seed=seed,
-                             labelled_per_batch=labelled_per_batch)
+                             labelled_per_batch=labelled_per_batch, start=start)
 
 
 def evaluation_dataset(builder, config: DataConfig, split: str, batch_size: int, *, binarize: bool,

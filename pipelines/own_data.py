@@ -184,7 +184,7 @@ class OwnData:
             tf.TensorSpec(shape, tf.float32), tf.TensorSpec((), tf.int64)))
 
     def train(self, batch_size: int, *, binarize: bool, seed: int, labelled: np.ndarray | None = None,
-              labelled_per_batch: int | None = None) -> tf.data.Dataset:
+              labelled_per_batch: int | None = None, start: int = 0) -> tf.data.Dataset:
         """Repeated shuffled batches of the training split; `labelled` (a mask over the
         split's images) leaves the label of the others -1; `labelled_per_batch` puts that
         many labelled images in every batch (`batches.in_memory_batches`, `batches.shuffled_batches`)."""
@@ -197,10 +197,10 @@ class OwnData:
                                  f"batch of {batch_size}; lower --batch-size")
         if self.images is not None:
             return batches.in_memory_batches(self.images[positions], labels, batch_size, binarize=binarize,
-                                          seed=seed, labelled_per_batch=labelled_per_batch)
+                                          seed=seed, labelled_per_batch=labelled_per_batch, start=start)
         return batches.shuffled_batches(self._examples(positions, labels), batch_size, binarize=binarize,
                                      seed=seed, repeat=True, shuffle_buffer=min(self.config.shuffle_buffer, len(positions)),
-                                     labelled_per_batch=labelled_per_batch)
+                                     labelled_per_batch=labelled_per_batch, start=start)
 
     def evaluation(self, split: str, batch_size: int, *, binarize: bool, seed: int,
                    limit: int | None = None) -> tf.data.Dataset:

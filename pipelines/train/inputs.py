@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -19,7 +20,9 @@ class Datasets:
     """The input pipelines of a run."""
 
     data: TrainingData  # the opened data (tfds or own files)
-    train: tf.data.Dataset  # repeated, shuffled global batches
+    # start -> repeated, shuffled global batches from global batch `start` on (a resumed
+    # run's optimizer step): the stream is the same whatever the start.
+    train: Callable[[int], tf.data.Dataset]
     validation: tf.data.Dataset  # fixed batches
     steps_per_epoch: int
     labelled: dict | None = None  # semi-supervised: the labelled subset's record (labelled.json)
@@ -88,7 +91,8 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     """Opens the data (`open_training_data`); returns the config with what the model takes
     from the data (`resolve_model`), and the training and validation pipelines (the
     training split held in memory when it fits `data.in_memory_max_mb` and one worker
-    trains; tf.data streams and shards it otherwise). A semi-supervised run's training
+    trains; tf.data streams and shards it otherwise; the training one as a function of
+    the global batch it starts at). A semi-supervised run's training
     labels are -1 outside the labelled subset; with `data.labelled_share` every training
     batch holds `config.labelled_per_batch` of the labelled ones. An epoch stays N // batch
     steps."""
@@ -96,14 +100,16 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     config, record = resolve_model(config, data)
     train_cfg = config.train
     mask = labelled.mask(data.count("train"), record["indices"]) if record is not None else None
-    train_ds = data.train(train_cfg.batch_size, binarize=config.binarize, seed=train_cfg.seed,
-                          labelled=mask, labelled_per_batch=config.labelled_per_batch)
     steps_per_epoch = train_cfg.steps_per_epoch or data.count("train") // train_cfg.batch_size
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+
+    def train_batches(start: int = 0) -> tf.data.Dataset:
+        return data.train(train_cfg.batch_size, binarize=config.binarize, seed=train_cfg.seed, labelled=mask,
+                          labelled_per_batch=config.labelled_per_batch, start=start).with_options(options)
     val_ds = data.evaluation("validation", train_cfg.eval_batch_size, binarize=config.binarize,
                              seed=train_cfg.seed + 1, limit=train_cfg.eval_examples)
-    return config, Datasets(data, train_ds.with_options(options), val_ds, steps_per_epoch, record)
+    return config, Datasets(data, train_batches, val_ds, steps_per_epoch, record)
 
 
 def test_dataset(config: RunConfig, datasets: Datasets) -> tuple[tf.data.Dataset, int]:

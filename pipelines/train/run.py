@@ -105,13 +105,13 @@ def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, 
                       jit=train_cfg.jit, tensorboard=train_cfg.tensorboard,
                       lr_schedule=train_cfg.lr_schedule,
                       iwae_start_fraction=train_cfg.iwae_start_fraction,
-                      kl_warmup_fraction=train_cfg.kl_warmup_fraction)
+                      kl_warmup_fraction=train_cfg.kl_warmup_fraction, seed=train_cfg.seed,
+                      patience=train_cfg.early_stopping_patience)
     log.info("training a %s %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
              config.model.architecture, config.model.kind, config.data.name, train_cfg.epochs,
              datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)
     history = trainer.fit(datasets.train, datasets.validation, epochs=train_cfg.epochs,
                           steps_per_epoch=datasets.steps_per_epoch,
-                          patience=train_cfg.early_stopping_patience,
                           max_seconds=train_cfg.max_train_seconds, verbose=verbose)
     return vae, history, trainer
 

@@ -25,9 +25,6 @@ FIRST_STAGE_DIR = "m1"
 # The data settings that must match between a first stage and the run built on it.
 DATA_FIELDS = ("source", "dataset", "paths", "image_feature", "resize", "channels", "validation_fraction",
                "test_fraction", "split_seed", "fingerprint", "binarize", "train_split", "image_size")
-# The model settings that decide a first stage's weights (`M1M2.first_stage_config`).
-NETWORK_FIELDS = ("image_shape", "architecture", "latent_dim", "hidden_units", "conv_filters", "kernel_size",
-                  "activation", "block", "likelihood")
 
 
 class FirstStageError(W.WorkdirError):
@@ -57,7 +54,7 @@ def first_stage(config: RunConfig, workdir: Path, source: dict | None, *, overwr
     stage = first_stage_config(config)
     if config.train.m1_workdir is not None:
         given = Path(config.train.m1_workdir)
-        check_first_stage(stage, given, source)
+        check_first_stage(config, given, source)
         return given / W.MODEL_FILE
     from pipelines.train.run import train
 
@@ -70,8 +67,10 @@ def first_stage(config: RunConfig, workdir: Path, source: dict | None, *, overwr
     return folder / W.MODEL_FILE
 
 
-def check_first_stage(stage: RunConfig, folder: Path, source: dict | None) -> None:
-    """Refuses a given first stage that is unfinished, or of other model settings or data.
+def check_first_stage(config: RunConfig, folder: Path, source: dict | None) -> None:
+    """Refuses a given first stage that is unfinished, cannot be the kind's first stage
+    (its class's `first_stage_differences`: for M1+M2, the networks) or was trained on
+    other data.
 
     Raises:
         FirstStageError: naming what differs and what to do.
@@ -82,12 +81,8 @@ def check_first_stage(stage: RunConfig, folder: Path, source: dict | None) -> No
                               f"{W.CONFIG_FILE} and {W.METRICS_FILE}); train M1 there first, or leave "
                               "train.m1_workdir unset to train it in this run's m1/ folder")
     theirs = RunConfig.from_dict(recorded)
-    differ = [f"model.kind={theirs.model.kind!r} (not 'vae')"] if theirs.model.kind != "vae" else []
-    if theirs.model.density.stochastic_layers != 1:
-        differ.append(f"model.density.stochastic_layers={theirs.model.density.stochastic_layers} (not 1)")
-    differ += [f"model.{name}={getattr(theirs.model, name)!r} (this run: {getattr(stage.model, name)!r})"
-               for name in NETWORK_FIELDS if getattr(theirs.model, name) != getattr(stage.model, name)]
-    mine, recorded_data = stage.data.to_dict(), theirs.data.to_dict()
+    differ = kinds.model_class(config.model).first_stage_differences(config.model, theirs.model)
+    mine, recorded_data = first_stage_config(config).data.to_dict(), theirs.data.to_dict()
     differ += [f"data.{name}={recorded_data.get(name)!r} (this run: {mine.get(name)!r})"
                for name in DATA_FIELDS if recorded_data.get(name) != mine.get(name)]
     recorded_source = W.read_json(folder / W.SOURCE_FILE, default=None) or {}
@@ -97,4 +92,3 @@ def check_first_stage(stage: RunConfig, folder: Path, source: dict | None) -> No
         raise FirstStageError(f"train.m1_workdir={str(folder)!r} is not an M1 for this run: "
                               + "; ".join(differ) + ". Train M1 with this run's model and data settings, "
                               "or leave train.m1_workdir unset")
-

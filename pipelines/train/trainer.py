@@ -10,11 +10,16 @@ The loop knows nothing of likelihoods, priors or model kinds: each replica avera
 summed gradients equal one device's; it logs every term the model reports. Many steps
 run inside one `tf.function` call.
 
-Checkpoints (model, optimizer, progress and the training seconds used) are written
-every epoch and, optionally, every N steps; a run started again resumes from the last
-one, mid-epoch included, and ends with the same number of optimizer steps as an
-uninterrupted run (or, under a time budget, when the checkpointed seconds plus the new
-ones use it up).
+Checkpoints (model, optimizer, progress, the training seconds used, the model's other
+state such as its layers' noise generators, and early stopping's best loss and weights)
+are written every epoch and, optionally, every N steps; a run started again resumes from
+the last one, mid-epoch included. Bounded by epochs (or steps), the resumed run ends with
+the weights of an uninterrupted run, bit for bit: the training batches are a stream keyed
+by the seed that restarts at the checkpointed optimizer step (`pipelines.batches`), and
+the sampling noise of a step is drawn statelessly from (seed, optimizer step, replica).
+Under a time budget it ends when the checkpointed seconds plus the new ones use it up,
+and since the schedules follow the seconds then, its weights are not an uninterrupted
+run's.
 
 Three things follow the run's progress (the fraction of the time budget used, or of the
 steps without one), set between `tf.function` calls: the learning rate of a decaying
@@ -32,6 +37,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -39,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.config import ConfigError
+from model.draws import fold
 from model.vae import split_batch
 from pipelines.distribute import Cluster
 from pipelines.workdir import CHECKPOINT_DIR, LOG_DIR, History
@@ -47,6 +54,35 @@ log = logging.getLogger(__name__)
 
 # Steps per tf.function call: bounds how often the progress bar and checkpoints update.
 STEPS_PER_CALL = 50
+# Salts the run's seed for the training steps' sampling noise.
+NOISE_SALT = 7
+
+
+class EarlyStopping(tf.Module):
+    """The best validation loss so far, the epochs waited since and the weights that
+    reached it, in variables: checkpointed, so that a resumed run stops where the killed
+    one would have and ends with the same best weights."""
+
+    def __init__(self, weights, patience: int):
+        super().__init__(name="early_stopping")
+        self.patience = int(patience)
+        self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best")
+        self.waited = tf.Variable(0, dtype=tf.int64, trainable=False, name="waited")
+        self.weights = [tf.Variable(keras.ops.convert_to_numpy(w), trainable=False) for w in weights]
+
+    def update(self, val_loss: float, weights) -> None:
+        """Records an epoch's `val_loss`, keeping the model's `weights` when it is the best."""
+        if val_loss < float(self.best.numpy()):
+            self.best.assign(val_loss)
+            self.waited.assign(0)
+            for kept, weight in zip(self.weights, weights):
+                kept.assign(keras.ops.convert_to_numpy(weight))
+        else:
+            self.waited.assign_add(1)
+
+    def best_weights(self) -> list[np.ndarray] | None:
+        """The weights of the best epoch (None before any epoch was validated)."""
+        return [v.numpy() for v in self.weights] if np.isfinite(self.best.numpy()) else None
 
 
 def lr_factor(schedule: str, fraction: float) -> float:
@@ -81,13 +117,18 @@ class Trainer:
             sample until this fraction of the run, with k after it.
         kl_warmup_fraction: ramp the model's KL weight from 0 to its beta over this
             fraction of the run (0: the model's own `kl_warmup_steps`, if any).
+        seed: keys the sampling noise of every training step (with the step and the
+            replica).
+        patience: stop when `val_loss` has not improved for this many epochs and keep
+            the best weights (0: never stop early).
     """
 
     def __init__(self, model, cluster: Cluster, *, global_batch: int, workdir: Path,
                  checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True,
                  lr_schedule: str = "constant", iwae_start_fraction: float = 0.0,
-                 kl_warmup_fraction: float = 0.0):
+                 kl_warmup_fraction: float = 0.0, seed: int = 0, patience: int = 0):
         self.model = model
+        self.seed = int(seed)
         self.optimizer = model.optimizer
         self.cluster = cluster
         self.strategy = cluster.strategy
@@ -99,8 +140,16 @@ class Trainer:
             self.progress = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="progress")
             # Seconds of training steps used so far (the time budget and the schedule).
             self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=self.optimizer, progress=self.progress,
-                                              train_seconds=self.seconds)
+            self.early_stopping = EarlyStopping(model.weights, patience) if patience else None
+        core = dict(model=model, optimizer=self.optimizer, progress=self.progress, train_seconds=self.seconds)
+        # What checkpoints held before the model's other state and early stopping's joined them.
+        self._core_checkpoint = tf.train.Checkpoint(**core)
+        # The model's non-trainable variables: among them, the state of every layer's own
+        # noise generator (a Keras `SeedGenerator`, which the model's checkpoint omits).
+        state = dict(model_state=list(model.non_trainable_variables))
+        if self.early_stopping is not None:
+            state["early_stopping"] = self.early_stopping
+        self.checkpoint = tf.train.Checkpoint(**core, **state)
         self.lr_schedule = lr_schedule
         self.base_learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         self.iwae_start_fraction = float(iwae_start_fraction)
@@ -166,10 +215,18 @@ class Trainer:
         sums = [tf.reduce_sum(terms[k]) for k in self.terms]
         return tf.stack([*sums, regularization * count, count])
 
+    def _noise_seed(self):
+        """The sampling noise's stateless seed for this step on this replica: a function of
+        the run's seed and the (checkpointed) optimizer step, so that a resumed run draws
+        what the killed one would have, and each replica draws its own."""
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        step = tf.cast(keras.ops.convert_to_tensor(self.optimizer.iterations), tf.int64)
+        return fold(fold([self.seed, NOISE_SALT], step), replica)
+
     def _replica_step(self, batch):
         model = self.model
         with tf.GradientTape() as tape:
-            terms, regularization = self._objective_parts(batch, training=True)
+            terms, regularization = self._objective_parts(batch, training=True, seed=self._noise_seed())
             loss = tf.nn.compute_average_loss(terms["loss"], global_batch_size=self.global_batch)
             loss += tf.nn.scale_regularization_loss(regularization)
             scaled = self.optimizer.scale_loss(loss)
@@ -212,7 +269,14 @@ class Trainer:
         """Restores the latest checkpoint, if any; returns (epoch, step) to resume at."""
         latest = tf.train.latest_checkpoint(str(self._checkpoint_dir))
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except AssertionError:
+                # Written before the model's other state joined the checkpoints: the rest
+                # must match; the noise generators and early stopping start afresh.
+                self._core_checkpoint.restore(latest).assert_existing_objects_matched()
+                log.warning("%s holds no noise-generator or early-stopping state (an older checkpoint): "
+                            "resuming without them", latest)
             epoch, step = (int(v) for v in self.progress.numpy())
             log.info("resuming from %s at epoch %d, step %d (optimizer step %d)",
                      latest, epoch + 1, step, int(self.optimizer.iterations.numpy()))
@@ -235,13 +299,13 @@ class Trainer:
             shutil.rmtree(self._checkpoint_dir, ignore_errors=True)
 
     # === The loop ===
-    def fit(self, train_dataset, val_dataset, *, epochs: int, steps_per_epoch: int,
-            patience: int = 0, max_seconds: float = 0, verbose: int = 1) -> History:
-        """Runs the remaining epochs; a repeated `train_dataset` of global batches.
+    def fit(self, train_batches: Callable[[int], tf.data.Dataset], val_dataset, *, epochs: int,
+            steps_per_epoch: int, max_seconds: float = 0, verbose: int = 1) -> History:
+        """Runs the remaining epochs.
 
         Args:
-            patience: stop when `val_loss` has not improved for this many epochs and
-                keep the best weights (0: never stop early).
+            train_batches: start -> the repeated stream of global batches from global
+                batch `start` on (called once, with the restored optimizer step).
             max_seconds: stop training (at the next call boundary, mid-epoch if need be)
                 once this many seconds of training steps have run (0: no limit).
             verbose: 1 progress bar, 2 one line per epoch, 0 silent.
@@ -254,10 +318,12 @@ class Trainer:
         start_epoch, start_step = self.restore()
         budget_used = float(self.seconds.numpy())  # seconds a killed run had used
         total_steps = epochs * steps_per_epoch
-        iterator = iter(self.strategy.experimental_distribute_dataset(train_dataset))
+        start = int(self.optimizer.iterations.numpy())  # the global batches the checkpoint has seen
+        iterator = iter(self.strategy.experimental_distribute_dataset(train_batches(start)))
         history = History(completed_epochs=start_epoch)
-        best, best_weights, waited = np.inf, None, 0
         for epoch in range(start_epoch, epochs):
+            if epoch == start_epoch and self.stopped_early(epoch):  # the killed run had stopped
+                break
             step = start_step if epoch == start_epoch else 0
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs}", flush=True)
@@ -299,25 +365,30 @@ class Trainer:
                 log.info("time budget of %.0f s used up in epoch %d (step %d of %d)",
                          max_seconds, epoch + 1, step, steps_per_epoch)
                 break
+            if self.early_stopping is not None:
+                self.early_stopping.update(logs["val_loss"], self.model.weights)  # before the checkpoint
             self.save(epoch + 1, 0)
             if verbose:
                 print(f"{steps_per_epoch}/{steps_per_epoch} - {seconds:.0f}s - " + " - ".join(
                     f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
-            if patience:
-                if logs["val_loss"] < best:
-                    best, best_weights, waited = logs["val_loss"], self.model.get_weights(), 0
-                else:
-                    waited += 1
-                    if waited >= patience:
-                        log.info("early stopping after epoch %d: val_loss has not improved "
-                                 "for %d epochs (best %.3f)", epoch + 1, patience, best)
-                        break
+            if self.stopped_early(epoch + 1):
+                break
             if max_seconds and budget_used >= max_seconds:  # rather than an epoch with no step
                 log.info("time budget of %.0f s used up at the end of epoch %d", max_seconds, epoch + 1)
                 break
-        if best_weights is not None:
-            self.model.set_weights(best_weights)
+        best = self.early_stopping.best_weights() if self.early_stopping is not None else None
+        if best is not None:
+            self.model.set_weights(best)
         return history
+
+    def stopped_early(self, epochs_done: int) -> bool:
+        """Whether early stopping ends the run after `epochs_done` epochs."""
+        stopping = self.early_stopping
+        if stopping is None or int(stopping.waited.numpy()) < stopping.patience:
+            return False
+        log.info("early stopping after epoch %d: val_loss has not improved for %d epochs (best %.3f)",
+                 epochs_done, stopping.patience, float(stopping.best.numpy()))
+        return True
 
     def _summaries(self, epoch: int, logs: dict, kl_per_unit) -> None:
         with self.writer.as_default(step=epoch + 1):

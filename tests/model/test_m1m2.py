@@ -127,12 +127,19 @@ def test_the_nested_iwae_bound_tightens_with_k_and_sits_above_the_elbo():
     assert np.all(given < many + math.log(K) + 0.5)  # log p(x|y) <= log p(x) - log p(y), up to noise
 
 
-def test_a_first_stage_of_other_networks_is_refused_naming_the_field():
+def test_a_first_stage_of_other_networks_is_refused_naming_the_field_and_its_prior_is_free():
     model = build_model(ModelConfig(**SMALL), seed=0)
     model.build()
+    # A default vae (VampPrior, KL weight null) of the same networks is an M1: it is copied.
+    vamp = build_model(ModelConfig(image_shape=(8, 8, 1), latent_dim=D1, hidden_units=(16,)), seed=1)
+    vamp.build()
+    assert vamp.model_config.density.prior != "gaussian"
+    model.load_first_stage(vamp)
+    np.testing.assert_array_equal(model.encoder.weights[0].numpy(), vamp.encoder.weights[0].numpy())
     other = build_model(ModelConfig(image_shape=(8, 8, 1), latent_dim=5, hidden_units=(16,)), seed=0)
     other.build()
-    with pytest.raises(ConfigError, match="model.density, model.latent_dim"):
+    # Only the latent size is named: the prior is not a difference.
+    with pytest.raises(ConfigError, match=r"M1: model.latent_dim=5 \(this M1\+M2: 3\); train M1"):
         model.load_first_stage(other)
 
 

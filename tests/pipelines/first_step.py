@@ -2,7 +2,7 @@
 (`first_step.py REPLICAS [KIND]`; KIND `m2` trains M2 on a batch where every other label
 is -1, unlabelled).
 
-Prints the flat weight update as JSON. The log-variance head is set to -30 so that the
+Prints the flat weight update, the loss and the next step's noise seed of each replica as JSON. The log-variance head is set to -30 so that the
 sampling noise (sigma ~ 3e-7) cannot make the runs differ: any difference is the
 distribution's doing.
 """
@@ -49,8 +49,11 @@ def main(replicas: int, kind: str = "vae") -> None:
     iterator = iter(cluster.strategy.experimental_distribute_dataset(ds))
     totals = trainer._train_steps(iterator, tf.constant(1)).numpy()
     after = np.concatenate([w.numpy().ravel() for w in vae.trainable_variables])
+    # The seed of the next step's sampling noise on each replica.
+    noise_seeds = cluster.strategy.experimental_local_results(cluster.strategy.run(trainer._noise_seed))
     print(json.dumps({"replicas": cluster.replicas, "update": (after - before).tolist(),
-                      "loss": trainer._logs(totals)["loss"]}))
+                      "loss": trainer._logs(totals)["loss"],
+                      "noise_seeds": [seed.numpy().tolist() for seed in noise_seeds]}))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def config_of(*overrides) -> RunConfig:
 
 
 def batches(datasets, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(x.numpy(), y.numpy()) for x, y in datasets.train.take(count)]
+    return [(x.numpy(), y.numpy()) for x, y in datasets.train(0).take(count)]
 
 
 def assert_batches_hold_the_labelled_subset(seen, record, subset_images, labelled_per_batch, passes):

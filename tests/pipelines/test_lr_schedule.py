@@ -37,7 +37,8 @@ def tiny_data():
     rng = np.random.default_rng(0)
     images = (rng.random((256, 8, 8, 1)) < 0.5).astype("float32")
     labels = np.zeros(256, "int64")
-    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32, drop_remainder=True).repeat()
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32, drop_remainder=True).repeat()
+    train = batches.skip  # start -> the stream from batch `start` on, as the Trainer takes it
     val = tf.data.Dataset.from_tensor_slices((images[:64], labels[:64])).batch(32)
     return train, val
 

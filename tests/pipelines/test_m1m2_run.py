@@ -122,7 +122,7 @@ def test_a_given_m1_workdir_is_used_as_it_is_and_one_of_other_data_is_refused(ru
     with pytest.raises(FirstStageError, match=r"data.train_split='train\[:90%\]' \(this run: 'train\[:50%\]'\)"):
         train(other, tmp_path / "other", verbose=0)
     wider = config_of(tfds_dir, *M1M2, f'train.m1_workdir="{workdir / "m1"}"', "model.latent_dim=6")
-    with pytest.raises(FirstStageError, match=r"model.latent_dim=4 \(this run: 6\)"):
+    with pytest.raises(FirstStageError, match=r"model.latent_dim=4 \(this M1\+M2: 6\)"):
         train(wider, tmp_path / "wider", verbose=0)
     with pytest.raises(FirstStageError, match="holds no finished `vae train` run"):
         train(config_of(tfds_dir, *M1M2, f'train.m1_workdir="{tmp_path}"'), tmp_path / "none", verbose=0)

@@ -34,7 +34,7 @@ def test_the_trainer_logs_every_term_the_model_reports():
     train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64, drop_remainder=True).repeat()
     val = tf.data.Dataset.from_tensor_slices((images[:128], labels[:128])).batch(64)
     trainer = Trainer(model, cluster, global_batch=64, workdir=Path(tempfile.mkdtemp()), tensorboard=False)
-    history = trainer.fit(train, val, epochs=2, steps_per_epoch=4, verbose=0)
+    history = trainer.fit(train.skip, val, epochs=2, steps_per_epoch=4, verbose=0)
     assert set(history.epochs[0]) == {"loss", "reconstruction", "kl", "z_norm",
                                       "val_loss", "val_reconstruction", "val_kl", "val_z_norm"}
     last = history.epochs[-1]
