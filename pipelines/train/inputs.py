@@ -92,10 +92,9 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     from the data (`resolve_model`), and the training and validation pipelines (the
     training split held in memory when it fits `data.in_memory_max_mb` and one worker
     trains; tf.data streams and shards it otherwise; the training one as a function of
-    the global batch it starts at). A semi-supervised run's training
-    labels are -1 outside the labelled subset; with `data.labelled_share` every training
-    batch holds `config.labelled_per_batch` of the labelled ones. An epoch stays N // batch
-    steps."""
+    the global batch it starts at). A semi-supervised run's training labels are -1 outside
+    the labelled subset; with `data.labelled_share` every training batch holds
+    `config.labelled_per_batch` of the labelled ones. An epoch stays N // batch steps."""
     data = open_training_data(config.data, workers)
     config, record = resolve_model(config, data)
     train_cfg = config.train
@@ -107,6 +106,7 @@ def load_datasets(config: RunConfig, workers: int = 1) -> tuple[RunConfig, Datas
     def train_batches(start: int = 0) -> tf.data.Dataset:
         return data.train(train_cfg.batch_size, binarize=config.binarize, seed=train_cfg.seed, labelled=mask,
                           labelled_per_batch=config.labelled_per_batch, start=start).with_options(options)
+
     val_ds = data.evaluation("validation", train_cfg.eval_batch_size, binarize=config.binarize,
                              seed=train_cfg.seed + 1, limit=train_cfg.eval_examples)
     return config, Datasets(data, train_batches, val_ds, steps_per_epoch, record)
