@@ -31,7 +31,9 @@
    classifier is then retrained on all of them for that count and scored on the test
    split's z_mean (grey-level images).
 6. M1+M2 (`--kind m1m2`, overrides `--m1m2`) with M2's labels, each stage trained for
-   half of `--budget`, scored by its `classify` on the test images.
+   half of `--budget`, scored by its `classify` on the test images; with
+   `--m1m2 train.m1_workdir=PATH` (a finished M1, e.g. the `m1` part's), only the second
+   stage trains, for half of `--budget`.
 
 Usage (never two benchmarks at once on a 2-core machine):
     flock /tmp/vae-bench.lock .venv/bin/python benchmarks/semi_supervised.py \\
@@ -146,7 +148,8 @@ def m1m2_accuracy(args, out: Path) -> dict:
     overrides = ["model.kind=m1m2", f"data.labelled_per_class={args.labelled_per_class}", *args.m1m2]
     config = settings(args.budget / 2, args.data_dir, *overrides)
     metrics = train(config, out / "m1m2", overwrite=True, verbose=0)
-    m1_metrics = json.loads((out / "m1m2" / "m1" / "metrics.json").read_text())
+    m1_folder = Path(config.train.m1_workdir) if config.train.m1_workdir else out / "m1m2" / "m1"
+    m1_metrics = json.loads((m1_folder / "metrics.json").read_text())
     model = load_saved_model(out / "m1m2" / "model.keras")
 
     def accuracy(binarize: bool) -> float:

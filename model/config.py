@@ -82,6 +82,7 @@ class M2Config(ConfigBase):
             `RandomTranslation`, empty pixels filled with 0), so that the few labelled
             images it learns from are not learnt by heart; 0 (the default): the images as
             they are. Evaluation, `classify` and the export always see them as they are.
+            For m1m2, the classifier sees M1's code of the shifted image.
     """
 
     SECTION: ClassVar[str] = "ModelConfig.m2"

@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras import ops
 
 from model import evaluation, losses
+from model.classifiers import build_shift
 from model.conditions import make_condition
 from model.config import ConfigError, DensityConfig, M1M2Config, M2Config, ModelConfig
 from model.draws import posterior_draws, seed_or_fresh, tile_draws
@@ -69,15 +70,17 @@ class M1M2(VAE):
     def __init__(self, model_config=None, seed: int | None = None, **kwargs):
         super().__init__(model_config, seed=seed, **kwargs)
         m2 = self.model_config.m2
-        if m2.classifier not in (None, "mlp") or m2.classifier_shift:
-            raise ConfigError("ModelConfig.m2.classifier must be 'mlp' or null and m2.classifier_shift 0 for "
-                              "model.kind='m1m2' (its classifier sees M1's codes, not images)")
+        if m2.classifier not in (None, "mlp"):
+            raise ConfigError("ModelConfig.m2.classifier must be 'mlp' or null for model.kind='m1m2' (its "
+                              "classifier sees M1's codes, not images)")
         # === Layers ===
         # M1 (the encoder, decoder and likelihood built by VAE) is trained first and frozen here.
         for layer in (self.encoder, self.decoder, self.likelihood):
             layer.trainable = False
         self.m2 = M2(self.codes_config(self.model_config), seed=None if seed is None else seed + 1, name="m2")
         self.prior = self.m2.prior  # what `generate` draws from: M2's p(z2)
+        # `m2.classifier_shift`: the classifier learns from the codes of shifted images.
+        self.classifier_shift = build_shift(self.model_config, seed)
 
     # === The two configs ===
     @staticmethod
@@ -88,7 +91,7 @@ class M1M2(VAE):
             latent_dim=config.m1m2.latent_dim, hidden_units=config.m1m2.hidden_units,
             activation=config.activation, likelihood="gaussian", beta=config.kl_beta,
             kl_warmup_steps=config.kl_warmup_steps, num_classes=config.num_classes,
-            m2=dataclasses.replace(config.m2, classifier="mlp"))
+            m2=dataclasses.replace(config.m2, classifier="mlp", classifier_shift=0))
 
     @staticmethod
     def first_stage_config(config: ModelConfig) -> ModelConfig:
@@ -175,12 +178,20 @@ class M1M2(VAE):
     # === The objective ===
     def call(self, inputs, training=None, seed=None):
         """Draws z1 ~ q(z1|x) (M1 frozen) and runs M2 on it, which adds its weighted
-        expected KL with `add_loss`."""
+        expected KL with `add_loss`. While training with `m2.classifier_shift`, the
+        classifier sees z1 drawn from q(z1|x') instead, x' the image shifted."""
         images, labels = split_batch(inputs)
-        z1_mean, z1_log_var = self.posterior(images)  # (B, D1)
-        z1 = ops.stop_gradient(self.sampling([z1_mean, z1_log_var], seed=_fold(seed, 1)))  # (B, D1)
-        outputs = self.m2((self._codes(z1), labels), training=training, seed=_fold(seed, 2))
+        z1 = self._draw_z1(images, _fold(seed, 1))  # (B, D1)
+        seen = None
+        if self.classifier_shift is not None and training:
+            seen = self._codes(self._draw_z1(self.classifier_shift(images, training=True), _fold(seed, 3)))
+        outputs = self.m2((self._codes(z1), labels), training=training, seed=_fold(seed, 2),
+                          classifier_input=seen)
         return {**outputs, "z1": z1}
+
+    def _draw_z1(self, images, seed):
+        """z1 ~ q(z1|x) from the frozen M1: (B, H, W, C) -> (B, D1)."""
+        return ops.stop_gradient(self.sampling(list(self.posterior(images)), seed=seed))
 
     def terms_of(self, batch, outputs) -> dict:
         """M2's `loss_terms` over z1 (its class docstring)."""

@@ -102,13 +102,16 @@ class M2(CVAE):
         return tf.cast(labels, tf.int32)
 
     # === The objective ===
-    def call(self, inputs, training=None, seed=None):
+    def call(self, inputs, training=None, seed=None, classifier_input=None):
         """Classifies, then encodes and decodes every image with every class; adds the
-        expected KL (weighted by `kl_weight`) with `add_loss`."""
+        expected KL (weighted by `kl_weight`) with `add_loss`. `classifier_input`: what
+        the classifier sees in place of the images (M1+M2's codes of shifted images)."""
         images, labels = split_batch(inputs)
         images = ops.convert_to_tensor(images, "float32")
         labels = self._labels(images, labels)
         seen = images if self.classifier_shift is None else self.classifier_shift(images, training=bool(training))
+        if classifier_input is not None:
+            seen = classifier_input
         logits = self.classifier_logits(seen)  # (B, K); of shifted images while training with a shift
         tiled, c = self._tile_classes(images)  # (K*B, H, W, C), (K*B, K)
         z_mean, z_log_var = self.posterior(tiled, c)  # (K*B, D)

@@ -221,6 +221,11 @@ class TrainConfig(ConfigBase):
         iwae_start_fraction: with `model.density.train_samples` k > 1, train on the one-sample
             ELBO (k = 1) for this fraction of the run (of the time budget, or of the
             steps) and on the k-sample IWAE bound after it (0: IWAE from the start).
+        weight_decay: a Gaussian prior on the weights, lambda: lambda / 2 x the sum of
+            the squared trainable weights joins each example's objective, and its gradient
+            goes through Adam with the data's (not decoupled); 1 / N, N the training
+            examples, is the N(0, I) weight prior of Kingma et al. (2014). The logged
+            `loss` leaves it out (0: off).
         m1_workdir: for a kind trained on a first stage (`model.kind=m1m2`): the workdir of
             a finished `vae train` run to use as that stage (its model settings and its
             data must match; `pipelines/train/stages.py`); None (the default): train it
@@ -248,6 +253,7 @@ class TrainConfig(ConfigBase):
     init_output_bias: bool = False
     kl_warmup_fraction: float = 0.8
     iwae_start_fraction: float = 0.0
+    weight_decay: float = 0.0
     m1_workdir: str | None = None
 
     def __post_init__(self) -> None:
@@ -262,6 +268,7 @@ class TrainConfig(ConfigBase):
         require(self, "epochs", self.epochs >= 1, "must be >= 1")
         require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
         require(self, "learning_rate", self.learning_rate > 0, "must be > 0")
+        require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         require(self, "steps_per_epoch", self.steps_per_epoch is None or self.steps_per_epoch >= 1,
                 "must be >= 1 or null")
         require(self, "iwae_k", self.iwae_k is None or self.iwae_k >= 1, "must be >= 1 or null")

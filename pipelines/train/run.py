@@ -106,7 +106,7 @@ def fit(config: RunConfig, datasets: Datasets, cluster: Cluster, workdir: Path, 
                       lr_schedule=train_cfg.lr_schedule,
                       iwae_start_fraction=train_cfg.iwae_start_fraction,
                       kl_warmup_fraction=train_cfg.kl_warmup_fraction, seed=train_cfg.seed,
-                      patience=train_cfg.early_stopping_patience)
+                      patience=train_cfg.early_stopping_patience, weight_decay=train_cfg.weight_decay)
     log.info("training a %s %s on %s: %d epochs of %d steps, global batch %d, %d replica(s)",
              config.model.architecture, config.model.kind, config.data.name, train_cfg.epochs,
              datasets.steps_per_epoch, train_cfg.batch_size, cluster.replicas)

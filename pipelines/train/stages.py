@@ -51,7 +51,6 @@ def first_stage(config: RunConfig, workdir: Path, source: dict | None, *, overwr
     """
     if kinds.lookup(config.model.kind).first_stage is None:
         return None
-    stage = first_stage_config(config)
     if config.train.m1_workdir is not None:
         given = Path(config.train.m1_workdir)
         check_first_stage(config, given, source)
@@ -60,6 +59,7 @@ def first_stage(config: RunConfig, workdir: Path, source: dict | None, *, overwr
 
     folder = workdir / FIRST_STAGE_DIR
     if overwrite or not (folder / W.METRICS_FILE).exists():
+        stage = first_stage_config(config)
         log.info("first stage: training M1 (a %s) in %s", stage.model.kind, folder)
         train(stage, folder, overwrite=overwrite, verbose=verbose, cluster=cluster)
     else:
@@ -82,7 +82,8 @@ def check_first_stage(config: RunConfig, folder: Path, source: dict | None) -> N
                               "train.m1_workdir unset to train it in this run's m1/ folder")
     theirs = RunConfig.from_dict(recorded)
     differ = kinds.model_class(config.model).first_stage_differences(config.model, theirs.model)
-    mine, recorded_data = first_stage_config(config).data.to_dict(), theirs.data.to_dict()
+    # The first stage's data differ from the run's only in the labelled subset, not a DATA_FIELDS one.
+    mine, recorded_data = config.data.to_dict(), theirs.data.to_dict()
     differ += [f"data.{name}={recorded_data.get(name)!r} (this run: {mine.get(name)!r})"
                for name in DATA_FIELDS if recorded_data.get(name) != mine.get(name)]
     recorded_source = W.read_json(folder / W.SOURCE_FILE, default=None) or {}

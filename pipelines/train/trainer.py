@@ -121,13 +121,19 @@ class Trainer:
             replica).
         patience: stop when `val_loss` has not improved for this many epochs and keep
             the best weights (0: never stop early).
+        weight_decay: lambda of a Gaussian prior on the weights: lambda / 2 x the sum of
+            every trainable weight squared joins each example's objective, so its
+            gradient, lambda x w, goes through Adam with the data's (not decoupled, as in
+            AdamW). 1 / N (N training examples) is a N(0, I) prior on the weights.
     """
 
     def __init__(self, model, cluster: Cluster, *, global_batch: int, workdir: Path,
                  checkpoint_every_steps: int = 0, jit: bool = False, tensorboard: bool = True,
                  lr_schedule: str = "constant", iwae_start_fraction: float = 0.0,
-                 kl_warmup_fraction: float = 0.0, seed: int = 0, patience: int = 0):
+                 kl_warmup_fraction: float = 0.0, seed: int = 0, patience: int = 0,
+                 weight_decay: float = 0.0):
         self.model = model
+        self.weight_decay = float(weight_decay)
         self.seed = int(seed)
         self.optimizer = model.optimizer
         self.cluster = cluster
@@ -223,12 +229,19 @@ class Trainer:
         step = tf.cast(keras.ops.convert_to_tensor(self.optimizer.iterations), tf.int64)
         return fold(fold([self.seed, NOISE_SALT], step), replica)
 
+    def _weight_penalty(self):
+        """The weight prior's term of each example's objective (`weight_decay`)."""
+        squares = [tf.reduce_sum(tf.square(tf.cast(w, tf.float32))) for w in self.model.trainable_variables]
+        return 0.5 * self.weight_decay * tf.add_n(squares)
+
     def _replica_step(self, batch):
         model = self.model
         with tf.GradientTape() as tape:
             terms, regularization = self._objective_parts(batch, training=True, seed=self._noise_seed())
             loss = tf.nn.compute_average_loss(terms["loss"], global_batch_size=self.global_batch)
             loss += tf.nn.scale_regularization_loss(regularization)
+            if self.weight_decay:
+                loss += tf.nn.scale_regularization_loss(self._weight_penalty())
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, model.trainable_variables))

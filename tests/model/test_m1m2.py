@@ -153,13 +153,41 @@ def test_a_saved_m1m2_reloads_and_serves_the_same_numbers(tmp_path):
     np.testing.assert_array_equal(loaded.generate([0, 3], seed=1), model.generate([0, 3], seed=1))
 
 
-@pytest.mark.parametrize("extra, field", [
-    (dict(m2=M2Config(alpha=1.0, classifier="conv")), "m2.classifier"),
-    (dict(m2=M2Config(alpha=1.0, classifier_shift=1)), "m2.classifier"),
-])
-def test_an_m1m2_refuses_a_classifier_of_images(extra, field):
-    with pytest.raises(ConfigError, match=f"ModelConfig.{field} must be 'mlp' or null"):
-        build_model(ModelConfig(**{**SMALL, **extra}), seed=0)
+def test_an_m1m2_refuses_a_classifier_of_images():
+    with pytest.raises(ConfigError, match="ModelConfig.m2.classifier must be 'mlp' or null"):
+        build_model(ModelConfig(**{**SMALL, "m2": M2Config(alpha=1.0, classifier="conv")}), seed=0)
+
+
+def moved(images, dy, dx):
+    """The images moved dy rows down and dx columns right, the empty pixels 0."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_with_a_shift_the_classifier_learns_from_codes_of_shifted_images_and_only_while_training():
+    model, m1 = stacked(m2=M2Config(alpha=ALPHA, classifier_shift=1))
+    images, labels = batch()
+    seed = tf.constant([7, 1], tf.int64)
+    logits = np.asarray(model((images, labels), training=True, seed=seed)["logits"])
+    # The classifier's draw: z1 = mu + sigma * eps, eps from the call's seed folded with 3.
+    zeros = tf.zeros((len(images), D1))
+    eps = np.asarray(model.sampling([zeros, zeros], seed=tf.random.experimental.stateless_fold_in(seed, 3)))
+    candidates = []  # (9, B, K): each image's logits under each whole-pixel move of at most 1
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            mu, log_var = ref.mlp_encoder(m1.encoder, moved(images, dy, dx))
+            codes = (mu + np.exp(0.5 * log_var) * eps).reshape(-1, 1, 1, D1)
+            candidates.append(ref.mlp_classifier(model.m2.classifier, codes))
+    matches = np.all(np.abs(np.stack(candidates) - logits[None]) < 1e-4, axis=-1)  # (9, B)
+    assert matches.any(axis=0).all()  # every image's logits are those of one move of it
+    assert not matches[4].all()  # and not all of them unmoved (index 4: dy = dx = 0)
+    # In evaluation the classifier sees the code of each image as it is.
+    outputs = model((images, labels), training=False, seed=seed)
+    expected = ref.mlp_classifier(model.m2.classifier, np.asarray(outputs["z1"]).reshape(-1, 1, 1, D1))
+    np.testing.assert_allclose(outputs["logits"], expected, atol=1e-4)
 
 
 def test_the_m1m2_section_is_refused_for_other_kinds():
